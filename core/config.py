@@ -1,0 +1,211 @@
+"""Typed config schema (attrs classes, registered with Hydra's ConfigStore as ``schema``).
+
+The YAML files under ``configs/`` fill in values; this schema decides which keys exist and what
+type each one has, so ``train.epochs=abc`` or ``train.epoch=5`` stop with Hydra's message naming
+the key. Plugin-specific settings live in ``options`` dicts keyed by the component name
+(``data.options.GMNotes.soundfonts``) so the core never has to know a concrete plugin.
+
+OmegaConf reads attrs defaults directly: no ``from __future__ import annotations`` (it needs real
+types) and no ``attrs.Factory`` (it does not call factories); the shared default instances are
+never mutated because OmegaConf copies them into its own nodes.
+"""
+
+from typing import Any, Dict, List, Optional
+
+import attrs
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+@attrs.define
+class DataConfig:
+    dataset: str = "GMNotes"
+    root: str = "./data"
+    # NSynth family names or common instrument names (violin -> string); empty = every family.
+    classes: List[str] = []
+    max_total_size_mb: float = 1000.0
+    max_per_class: Optional[int] = None
+    seed: int = 0
+    clip_seconds: float = 4.0
+    # Per-dataset settings: options.<dataset name>.<key>; only the selected dataset's block is used.
+    options: Dict[str, Any] = {}
+
+
+@attrs.define
+class SpecAugConfig:
+    enabled: bool = True
+    freq_mask: int = 24  # widest frequency mask, in mel bins
+    time_mask: int = 40  # widest time mask, in frames
+    n_freq_masks: int = 2
+    n_time_masks: int = 2
+
+
+@attrs.define
+class NoiseConfig:
+    enabled: bool = False
+    p: float = 0.5
+    snr_db_min: float = 10.0
+    snr_db_max: float = 30.0
+
+
+@attrs.define
+class GainConfig:
+    enabled: bool = False
+    p: float = 0.5
+    min_db: float = -6.0
+    max_db: float = 6.0
+
+
+@attrs.define
+class RIRConfig:
+    enabled: bool = False
+    p: float = 0.5
+    dir: Optional[str] = None  # folder of impulse responses (wav/flac); None = synthetic decaying noise
+    rt60_min: float = 0.2
+    rt60_max: float = 1.0
+
+
+@attrs.define
+class CodecConfig:
+    enabled: bool = False
+    p: float = 0.5
+    format: str = "mp3"
+    bit_rate: int = 32000
+
+
+@attrs.define
+class AugConfig:
+    sr: int = 16000
+    n_fft: int = 1024
+    win_length: Optional[int] = None
+    hop: int = 160
+    n_mels: int = 128
+    fmin: float = 20.0
+    fmax: float = 8000.0
+    specaug: SpecAugConfig = SpecAugConfig()
+    noise: NoiseConfig = NoiseConfig()
+    gain: GainConfig = GainConfig()
+    rir: RIRConfig = RIRConfig()
+    codec: CodecConfig = CodecConfig()
+
+
+@attrs.define
+class StudentConfig:
+    arch: str = "mobilenet_v3_small"
+    width_mult: float = 0.75
+    num_classes: Optional[int] = None  # derived from data.classes when unset
+    # torchvision's MobileNetV3 uses momentum 0.01, too slow for short runs (shared/MEASURED.md).
+    bn_momentum: float = 0.1
+    options: Dict[str, Any] = {}
+
+
+@attrs.define
+class TeacherConfig:
+    name: Optional[str] = None
+    checkpoint: Optional[str] = None
+    freeze: bool = True
+    unfreeze_last_n: int = 0
+    options: Dict[str, Any] = {}
+
+
+@attrs.define
+class KDConfig:
+    enabled: bool = False
+    T: float = 3.0
+    alpha: float = 0.7
+    mode: str = "offline"
+
+
+@attrs.define
+class ModelConfig:
+    student: StudentConfig = StudentConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    kd: KDConfig = KDConfig()
+
+
+@attrs.define
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    loss: str = "ce"
+    amp: bool = True
+    amp_dtype: str = "bf16"
+    channels_last: bool = True
+    grad_clip: Optional[float] = None
+    num_workers: int = 2
+    threads: Optional[int] = None  # torch intra-op threads on CPU; None = torch's default
+    seed: int = 0
+    device: str = "auto"
+    resume: Optional[str] = None  # path to a last.pt, or "auto" for the newest unfinished run
+    out_dir: str = "outputs"
+    eval_batch_size: Optional[int] = None
+    max_steps_per_epoch: Optional[int] = None
+
+
+@attrs.define
+class TrackingConfig:
+    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "NSynth-Student-Baseline"
+    run_name: Optional[str] = None
+    log_checkpoints: bool = True
+
+
+@attrs.define
+class Config:
+    name: str = "default"
+    data: DataConfig = DataConfig()
+    aug: AugConfig = AugConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.optimizer": ("adamw", "adam", "sgd"),
+    "train.scheduler": ("cosine", "none"),
+    "train.amp_dtype": ("bf16", "fp16"),
+    "model.kd.mode": ("offline", "online"),
+}
+
+
+class ConfigValueError(ValueError):
+    """A config value has the right type but is not allowed."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the schema's types cannot express: choices and ranges."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}")
+    positive = ["train.epochs", "train.batch_size", "train.lr", "aug.sr", "aug.n_fft", "aug.hop",
+                "aug.n_mels", "model.student.width_mult", "data.max_total_size_mb", "data.clip_seconds"]
+    for key in positive:
+        value = OmegaConf.select(cfg, key)
+        if value is None or value <= 0:
+            raise ConfigValueError(f"{key}={value!r} must be > 0")
+    if cfg.data.max_per_class is not None and cfg.data.max_per_class <= 0:
+        raise ConfigValueError(f"data.max_per_class={cfg.data.max_per_class} must be > 0 or null")
+    if not 0.0 <= cfg.model.kd.alpha <= 1.0:
+        raise ConfigValueError(f"model.kd.alpha={cfg.model.kd.alpha} must be within [0, 1]")
+    if cfg.model.kd.T <= 0:
+        raise ConfigValueError(f"model.kd.T={cfg.model.kd.T} must be > 0")
+    if not cfg.aug.fmin < cfg.aug.fmax <= cfg.aug.sr / 2:
+        raise ConfigValueError(
+            f"need aug.fmin < aug.fmax <= aug.sr/2, got fmin={cfg.aug.fmin}, fmax={cfg.aug.fmax}, sr={cfg.aug.sr}"
+        )
+    for name in ("noise", "gain", "rir", "codec"):
+        p = cfg.aug[name].p
+        if not 0.0 <= p <= 1.0:
+            raise ConfigValueError(f"aug.{name}.p={p} must be within [0, 1]")
+
+
+__all__ = ["Config", "MISSING", "register_schema", "validate", "ConfigValueError"]
