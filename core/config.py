@@ -16,6 +16,8 @@ import attrs
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from core.errors import UserError
+
 
 @attrs.define
 class DataConfig:
@@ -176,7 +178,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigValueError(ValueError):
+class ConfigValueError(UserError, ValueError):
     """A config value has the right type but is not allowed."""
 
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable
 import attrs
 import pluggy
 
+from core.errors import UserError
+
 PROJECT = "audiokd"
 ENTRY_POINT_GROUP = "audiokd.plugins"
 
@@ -82,11 +84,11 @@ KINDS: dict[str, str] = {
 }
 
 
-class UnknownComponentError(LookupError):
+class UnknownComponentError(UserError, LookupError):
     """Raised when a config names a component no plugin registered."""
 
 
-class PluginLoadError(RuntimeError):
+class PluginLoadError(UserError, RuntimeError):
     """Raised when two plugins register the same name for one kind."""
 
 

@@ -5,6 +5,8 @@ Shared by the NSynth and GMNotes dataset plugins, which use the same label space
 
 from __future__ import annotations
 
+from core.errors import UserError
+
 #: NSynth's families, in NSynth's own index order (instrument_family 0..10).
 FAMILIES: tuple[str, ...] = (
     "bass", "brass", "flute", "guitar", "keyboard", "mallet",
@@ -52,7 +54,7 @@ ALIASES: dict[str, str] = {
 }
 
 
-class ClassNameError(ValueError):
+class ClassNameError(UserError, ValueError):
     """An entry of ``data.classes`` is unknown or repeats a family."""
 
 

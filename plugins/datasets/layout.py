@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from core.errors import UserError
 from plugins.datasets.families import mapping_text, resolve_classes
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 _SPLIT_ALIASES = {"val": "valid", "validation": "valid"}
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """The dataset on disk is missing, malformed, or empty after filtering."""
 
 

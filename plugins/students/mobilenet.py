@@ -1,1 +1,81 @@
-"""placeholder"""
+"""MobileNet students from torchvision, adapted to 1-channel log-mel input.
+
+torchvision builds the networks (``width_mult`` included); this module only swaps the 3-channel
+stem for a 1-channel one, sets the classifier to K classes and sets the BatchNorm momentum
+(torchvision's MobileNetV3 uses 0.01, which leaves short runs' eval statistics near their
+initial values: shared/MEASURED.md measured chance-level validation accuracy for 3 epochs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+from torchvision import models
+
+from core.registry import Component, hookimpl
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "mobilenet_v3_small": models.mobilenet_v3_small,
+    "mobilenet_v3_large": models.mobilenet_v3_large,
+    "mobilenet_v2": models.mobilenet_v2,
+}
+
+
+def _one_channel_stem(net: nn.Module) -> None:
+    """Replace the first conv (3 -> C) by a 1 -> C conv with the same geometry."""
+    stem = net.features[0][0]
+    assert isinstance(stem, nn.Conv2d) and stem.in_channels == 3
+    net.features[0][0] = nn.Conv2d(
+        1, stem.out_channels, kernel_size=stem.kernel_size, stride=stem.stride,
+        padding=stem.padding, bias=stem.bias is not None,
+    )
+
+
+def build_mobilenet(arch: str, num_classes: int, width_mult: float = 1.0, bn_momentum: float = 0.1,
+                    dropout: float = 0.2, **options: Any) -> nn.Module:
+    """Build a torchvision MobileNet for ``[B, 1, n_mels, frames]`` input and K-class logits.
+
+    Args:
+        arch: one of ``mobilenet_v3_small``, ``mobilenet_v3_large``, ``mobilenet_v2``.
+        num_classes: K; the classifier's last layer is new (random init).
+        width_mult: channel multiplier passed to torchvision's builder.
+        bn_momentum: momentum of every BatchNorm layer.
+        dropout: classifier dropout.
+    """
+    if options:
+        raise TypeError(
+            f"unknown option(s) for student {arch}: {', '.join(sorted(options))}; "
+            f"valid: dropout (plus the model.student keys width_mult, bn_momentum)"
+        )
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
+    net = _BUILDERS[arch](weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout)
+    _one_channel_stem(net)
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = bn_momentum
+    return net
+
+
+def _factory(arch: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, width_mult: float = 1.0, bn_momentum: float = 0.1, **options: Any) -> nn.Module:
+        return build_mobilenet(arch, num_classes, width_mult, bn_momentum, **options)
+
+    build.__name__ = f"build_{arch}"
+    return build
+
+
+@hookimpl
+def audiokd_students() -> list[Component]:
+    return [
+        Component("mobilenet_v3_small", _factory("mobilenet_v3_small"),
+                  "torchvision MobileNetV3-Small, 1-channel stem, width_mult, new K-class head"),
+        Component("mobilenet_v3_large", _factory("mobilenet_v3_large"),
+                  "torchvision MobileNetV3-Large, 1-channel stem, width_mult, new K-class head"),
+        Component("mobilenet_v2", _factory("mobilenet_v2"),
+                  "torchvision MobileNetV2, 1-channel stem, width_mult, new K-class head"),
+    ]
+
+
+__all__ = ["build_mobilenet"]

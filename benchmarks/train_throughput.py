@@ -1,0 +1,93 @@
+"""Training throughput: the full data pipeline vs the pure model step, in one run.
+
+    python -m benchmarks.train_throughput [hydra overrides]      (make bench)
+
+*Pure model step*: forward + backward + optimizer step of the student on one fixed, precomputed
+log-mel batch (what the model alone costs). *Full pipeline*: the real training loop
+(``core.train.train_one_epoch``): batches from the waveform cache through DataLoader workers,
+waveform augmentation, log-mel, normalisation, SpecAugment, loss, backward, step. Both use the same
+batch shape and are measured in alternating rounds, so machine noise hits both alike. The figure
+tracked is full / pure samples per second (goal >= 0.9).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from core.config import register_schema, validate
+from core.data import prepare_data
+from core.registry import load_registry
+from core.train import (
+    Dist, build_model, build_optimizer, build_scheduler, epoch_batches, seed_everything, train_one_epoch,
+)
+
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+def main(argv: list[str]) -> int:
+    register_schema()
+    overrides = ["experiment=demo", *argv]
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    validate(cfg)
+    steps, rounds = 8, 3
+    with open_dict(cfg):
+        cfg.train.max_steps_per_epoch = steps
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    registry = load_registry()
+    data = prepare_data(cfg, registry, progress=sys.stderr.isatty())
+    train = data.splits["train"]
+    model = build_model(cfg, registry, data.num_classes)
+    model.frontend.fit_normalization([train.batch(list(range(min(256, len(train)))))[0]])
+    loss_fn = registry.build("loss", cfg.train.loss)
+    opt = build_optimizer(cfg, model.parameters())
+    sched = build_scheduler(cfg, opt, 10_000)
+    device = torch.device("cpu")
+    bs = cfg.train.batch_size
+
+    wave, target = train.batch(list(range(bs)))
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(wave)  # fixed batch, normalised, channels_last as in training
+    model.train()
+
+    def pure() -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = loss_fn(model.net(feats), target)["total"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return steps * bs / (time.perf_counter() - t0)
+
+    def full(epoch: int) -> float:
+        batches = epoch_batches(len(train), bs, cfg.train.seed, epoch, Dist(), steps)
+        t0 = time.perf_counter()
+        train_one_epoch(model, loss_fn, train, batches, opt, sched, None, cfg, device, epoch)
+        return sum(map(len, batches)) / (time.perf_counter() - t0)
+
+    pure(), full(0)  # warm-up: allocator, worker start-up, first-call costs
+    p, f = [], []
+    for r in range(rounds):
+        p.append(pure())
+        f.append(full(r + 1))
+    mp, mf = statistics.median(p), statistics.median(f)
+    print(f"config: {' '.join(overrides)}  batch {bs}, {steps} steps x {rounds} rounds, "
+          f"{torch.get_num_threads()} threads, num_workers {cfg.train.num_workers}, "
+          f"channels_last {cfg.train.channels_last}")
+    print(f"pure model step   : {mp:7.1f} samples/s  (rounds: {', '.join(f'{x:.1f}' for x in p)})")
+    print(f"full pipeline     : {mf:7.1f} samples/s  (rounds: {', '.join(f'{x:.1f}' for x in f)})")
+    print(f"ratio full / pure : {mf / mp:.3f}  (goal >= 0.9)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

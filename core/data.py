@@ -1,0 +1,72 @@
+"""From ``data.*`` config to cached waveforms: resolve the dataset plugin, prepare it, cache splits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import attrs
+from omegaconf import DictConfig, OmegaConf
+
+from core.registry import Registry
+from core.waveforms import WaveformSet, build_waveform_cache
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+@attrs.define
+class DataBundle:
+    dataset: Any  # the plugin object (prepare / get_items / class_names / class_map)
+    class_names: list[str]
+    splits: dict[str, WaveformSet]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_map(self) -> dict[str, Any]:
+        if hasattr(self.dataset, "class_map"):
+            return self.dataset.class_map()
+        return {"classes": self.class_names}
+
+
+def build_dataset(cfg: DictConfig, registry: Registry) -> Any:
+    """Instantiate the dataset plugin named by ``data.dataset`` with its own ``data.options`` block."""
+    options = OmegaConf.to_container(cfg.data.options, resolve=True) or {}
+    mine = options.get(cfg.data.dataset, {}) or {}
+    return registry.build(
+        "dataset", cfg.data.dataset,
+        root=Path(cfg.data.root).expanduser().resolve(),
+        classes=list(cfg.data.classes),
+        max_total_size_mb=cfg.data.max_total_size_mb,
+        max_per_class=cfg.data.max_per_class,
+        seed=cfg.data.seed,
+        **mine,
+    )
+
+
+def prepare_data(cfg: DictConfig, registry: Registry, *, prepare: bool = True,
+                 progress: bool = True) -> DataBundle:
+    """Prepare the dataset (download or render) and decode each split once into the waveform cache.
+
+    Args:
+        prepare: call the plugin's ``prepare()``; under DDP only rank 0 does, the others wait.
+    """
+    dataset = build_dataset(cfg, registry)
+    if prepare:
+        dataset.prepare()
+    class_names = list(dataset.class_names)
+    clip_samples = int(round(cfg.data.clip_seconds * cfg.aug.sr))
+    cache_dir = Path(cfg.data.root).expanduser().resolve() / ".cache" / "waveforms"
+    splits = {}
+    for split in SPLITS:
+        items = dataset.get_items(split)
+        splits[split] = build_waveform_cache(
+            items, sr=cfg.aug.sr, clip_samples=clip_samples, cache_dir=cache_dir,
+            num_workers=cfg.train.num_workers, progress=progress,
+        )
+        log.info("%s: %d clips (%d skipped)", split, len(splits[split]), len(splits[split].skipped))
+    return DataBundle(dataset=dataset, class_names=class_names, splits=splits)

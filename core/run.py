@@ -1,0 +1,52 @@
+"""``python -m core.run experiment=<name> [overrides]``: compose the config and run the engine.
+
+Thin on purpose: everything it calls lives in importable, tested modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from core.config import register_schema, validate
+from core.errors import UserError
+from core.registry import load_registry
+from core.train import fit
+
+log = logging.getLogger("core.run")
+
+register_schema()
+
+
+def run(cfg: DictConfig, run_dir: Path):
+    """Validate the composed config, resolve components by name, train; returns the Result."""
+    validate(cfg)
+    registry = load_registry()
+    return fit(cfg, registry, run_dir)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        result = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if result.metrics:
+        m = result.metrics
+        print(
+            f"\nfinal (best epoch {result.best_epoch}): "
+            f"val acc {m['best_val_acc']:.3f}  val macro-F1 {m['best_val_f1']:.3f}  "
+            f"test acc {m['test_acc']:.3f}  test macro-F1 {m['test_f1']:.3f}"
+        )
+        print(f"checkpoints: {result.run_dir / 'checkpoints'}")
+        print(f"MLflow: {result.run_url}")
+
+
+if __name__ == "__main__":
+    main()

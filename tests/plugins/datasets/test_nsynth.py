@@ -1,0 +1,578 @@
+"""NSynth download plugin: filtering, budget, resume, safety and errors, against a local HTTP server
+that serves tiny NSynth-layout archives built here and can misbehave on purpose."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import re
+import socket
+import tarfile
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from core.errors import UserError
+from plugins.datasets import nsynth
+from plugins.datasets.families import FAMILIES, ClassNameError
+from plugins.datasets.layout import DatasetError
+from plugins.datasets.nsynth import (NSynthArchiveError, NSynthDownloadError, NSynthOptionError,
+                                     build_nsynth, download_NSynth)
+
+SOURCES = ("acoustic", "electronic", "synthetic")
+ARCHIVE = "nsynth-{}.jsonwav.tar.gz"
+Notes = dict[str, tuple[bytes, dict[str, Any]]]  # note_str -> (wav bytes, examples.json entry)
+
+
+# --- archives ---------------------------------------------------------------------------------
+def make_notes(split: str, counts: dict[str, int], seed: int = 0) -> Notes:
+    """``counts[family]`` tiny notes (0.05 s of int16 noise) per family, with full NSynth metadata."""
+    rng = np.random.default_rng(seed)
+    first_instrument = {"train": 0, "valid": 300, "test": 600}[split]
+    notes: Notes = {}
+    for family, n in counts.items():
+        for k in range(n):
+            source, instrument, pitch = k % 3, first_instrument + FAMILIES.index(family) * 20 + k, 40 + k
+            instrument_str = f"{family}_{SOURCES[source]}_{instrument:03d}"
+            note_str = f"{instrument_str}-{pitch:03d}-100"
+            buf = io.BytesIO()
+            sf.write(buf, (rng.standard_normal(800) * 3000).astype(np.int16), 16000, format="WAV",
+                     subtype="PCM_16")
+            notes[note_str] = (buf.getvalue(), {
+                "note": len(notes), "note_str": note_str, "instrument": instrument,
+                "instrument_str": instrument_str, "pitch": pitch, "velocity": 100, "sample_rate": 16000,
+                "qualities": [k % 2, 0, 0, 1, 0, 0, 0, 0, 0, 0], "qualities_str": ["fast_decay"],
+                "instrument_family": FAMILIES.index(family), "instrument_family_str": family,
+                "instrument_source": source, "instrument_source_str": SOURCES[source],
+            })
+    return notes
+
+
+def file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def build_archive(split: str, notes: Notes, *, examples_at: str | None = "middle",
+                  orphans: Notes | None = None, listed_only: Notes | None = None,
+                  extra: Sequence[tuple[tarfile.TarInfo, bytes | None]] = (),
+                  order: list[str] | None = None, seed: int = 0) -> bytes:
+    """A ``.tar.gz`` in NSynth's layout.
+
+    WAVs of ``notes`` shuffled (or in ``order``); examples.json at ``examples_at`` (start/middle/end;
+    None = absent) describing ``notes`` and ``listed_only`` (entries whose WAV is not in the archive);
+    ``orphans`` = WAVs without an entry; ``extra`` members come first, after the folders.
+    """
+    top = f"nsynth-{split}"
+    wavs = {**notes, **(orphans or {})}
+    names = list(order) if order is not None else random.Random(seed).sample(sorted(wavs), len(wavs))
+    members = [file_member(f"{top}/audio/{n}.wav", wavs[n][0]) for n in names]
+    if examples_at is not None:
+        listed = {**notes, **(listed_only or {})}
+        examples = json.dumps({n: meta for n, (_, meta) in listed.items()}).encode()
+        at = {"start": 0, "middle": len(members) // 2, "end": len(members)}[examples_at]
+        members.insert(at, file_member(f"{top}/examples.json", examples))
+    dirs = []
+    for name in (top, f"{top}/audio"):
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        dirs.append((info, None))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for info, data in [*dirs, *extra, *members]:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+SPLIT_NOTES = {
+    "train": make_notes("train", {"bass": 6, "string": 6, "synth_lead": 6, "keyboard": 6, "reed": 6}, seed=1),
+    "valid": make_notes("valid", {"bass": 3, "string": 3, "synth_lead": 3, "keyboard": 3, "reed": 3}, seed=2),
+    "test": make_notes("test", {"bass": 3, "string": 3, "synth_lead": 3, "keyboard": 3, "reed": 3}, seed=3),
+}
+NOTE_BYTES = len(next(iter(SPLIT_NOTES["test"].values()))[0])
+EXAMPLES_AT = {"test": "start", "valid": "middle", "train": "end"}
+
+
+def standard_archives() -> dict[str, bytes]:
+    return {ARCHIVE.format(s): build_archive(s, notes, examples_at=EXAMPLES_AT[s], seed=len(s))
+            for s, notes in SPLIT_NOTES.items()}
+
+
+# --- a local, scriptable HTTP server ----------------------------------------------------------
+class ArchiveServer:
+    """Serves ``files`` (name -> bytes) under ``/nsynth/`` with Range support, logging each request.
+
+    Misbehaviour on purpose: ``drop_after[name] = n`` sends only n body bytes on the next request for
+    ``name`` and closes the connection; ``ignore_range`` answers 200 with the whole file.
+    """
+
+    def __init__(self, files: dict[str, bytes] | None = None) -> None:
+        self.files: dict[str, bytes] = dict(files or {})
+        self.log: list[dict[str, Any]] = []
+        self.drop_after: dict[str, int] = {}
+        self.ignore_range = False
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner._serve(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # A short poll interval: shutdown() waits up to one interval.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/nsynth"
+
+    def _serve(self, req: BaseHTTPRequestHandler) -> None:
+        name = req.path.rsplit("/", 1)[-1]
+        entry: dict[str, Any] = {"name": name, "range": req.headers.get("Range"), "status": 404, "sent": 0}
+        self.log.append(entry)
+        data = self.files.get(name)
+        if data is None:
+            req.send_error(404)
+            return
+        start, status = 0, 200
+        match = re.fullmatch(r"bytes=(\d+)-", entry["range"] or "")
+        if match and not self.ignore_range:
+            start, status = int(match.group(1)), 206
+            if start >= len(data):
+                entry["status"] = 416
+                req.send_error(416)
+                return
+        body = data[start:]
+        entry["status"] = status
+        req.send_response(status)
+        req.send_header("Content-Type", "application/gzip")
+        req.send_header("Content-Length", str(len(body)))
+        req.send_header("ETag", '"v1"')
+        if status == 206:
+            req.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        req.end_headers()
+        limit = self.drop_after.pop(name, None)
+        if limit is not None:
+            body = body[:limit]
+            req.close_connection = True
+        try:
+            req.wfile.write(body)
+            entry["sent"] = len(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped reading early
+            entry["sent"] = "aborted by the client"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    srv = ArchiveServer(standard_archives())
+    yield srv
+    srv.close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/nsynth"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def wavs(root: Path, split: str) -> dict[str, bytes]:
+    return {p.stem: p.read_bytes() for p in (root / "NSynth" / f"nsynth-{split}" / "audio").glob("*.wav")}
+
+
+def examples(root: Path, split: str) -> dict[str, Any]:
+    return json.loads((root / "NSynth" / f"nsynth-{split}" / "examples.json").read_text())
+
+
+def state(root: Path) -> dict[str, Any]:
+    return json.loads((root / "NSynth" / nsynth.STATE_FILE).read_text())
+
+
+def stats(root: Path, split: str) -> dict[str, tuple[int, int]]:
+    audio = root / "NSynth" / f"nsynth-{split}" / "audio"
+    return {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in audio.glob("*.wav")}
+
+
+def tree(path: Path, skip: Path | None = None) -> set[str]:
+    """Every path under ``path`` (relative), leaving out ``skip`` and what it holds."""
+    return {str(p.relative_to(path)) for p in path.rglob("*")
+            if skip is None or (skip not in p.parents and p != skip)}
+
+
+def mb(n_notes: float) -> float:
+    return n_notes * NOTE_BYTES / nsynth.BYTES_PER_MB
+
+
+# --- tests ------------------------------------------------------------------------------------
+def test_family_of_parses_families_with_underscores():
+    assert nsynth.family_of("synth_lead_synthetic_000-060-100") == "synth_lead"
+    assert nsynth.family_of("bass_electronic_018-022-100") == "bass"
+    assert nsynth.family_of("kazoo_acoustic_000-060-100") is None
+    assert nsynth.family_of("bass_acoustic_000") is None
+
+
+def test_class_filter_keeps_requested_families_and_their_full_entries(server, tmp_path):
+    out = download_NSynth(tmp_path, ["violin", "synth_lead", "bass"], 100.0, base_url=server.base_url,
+                          progress=False)
+    assert out == tmp_path / "NSynth"
+    for split, notes in SPLIT_NOTES.items():
+        expected = {n for n, (_, m) in notes.items()
+                    if m["instrument_family_str"] in ("string", "synth_lead", "bass")}
+        got = wavs(tmp_path, split)
+        assert set(got) == expected, split
+        assert all(got[n] == notes[n][0] for n in got)
+        assert examples(tmp_path, split) == {n: notes[n][1] for n in expected}
+        assert state(tmp_path)["splits"][split]["status"] == "complete"
+    assert not (tmp_path / "NSynth" / ".partial").exists()
+
+
+def test_budget_is_shared_across_splits_and_classes(server, tmp_path):
+    budget_mb = mb(31)  # test and valid get about 3 notes: one per class
+    download_NSynth(tmp_path, ["bass", "string", "reed"], budget_mb, base_url=server.base_url, progress=False)
+    budget = int(budget_mb * nsynth.BYTES_PER_MB)
+    total = sum(len(w) for s in SPLIT_NOTES for w in wavs(tmp_path, s).values())
+    assert 0 < total <= budget
+    for split in SPLIT_NOTES:
+        families = {examples(tmp_path, split)[n]["instrument_family_str"] for n in wavs(tmp_path, split)}
+        assert families == {"bass", "string", "reed"}, split
+    # Budgets as documented: test 10 %, valid 10 % of what test left, train the rest.
+    splits = state(tmp_path)["splits"]
+    assert splits["test"]["budget_bytes"] == int(budget * 0.1)
+    assert splits["valid"]["budget_bytes"] == int((budget - splits["test"]["kept_bytes"]) * 0.1 / 0.9)
+    assert splits["train"]["budget_bytes"] == (
+        budget - splits["test"]["kept_bytes"] - splits["valid"]["kept_bytes"])
+    assert all(r["kept_bytes"] <= r["budget_bytes"] for r in splits.values())
+
+
+def test_class_with_few_notes_donates_its_share_and_reading_stops_early(tmp_path):
+    notes = make_notes("train", {"bass": 1, "string": 10, "keyboard": 10}, seed=4)
+    rest = random.Random(0).sample([n for n in notes if not n.startswith("bass")], 20)
+    order = [n for n in notes if n.startswith("bass")] + rest
+    archive = build_archive("train", notes, examples_at="start", order=order)
+    srv = ArchiveServer({ARCHIVE.format("train"): archive})
+    try:
+        download_NSynth(tmp_path, ["bass", "string", "keyboard"], mb(9), base_url=srv.base_url,
+                        splits=["train"], progress=False)
+    finally:
+        srv.close()
+    kept = examples(tmp_path, "train")
+    per_family = {f: sum(1 for m in kept.values() if m["instrument_family_str"] == f)
+                  for f in ("bass", "string", "keyboard")}
+    # Equal shares would be 3 notes each; bass has only 1, so string and keyboard share its leftover.
+    assert per_family == {"bass": 1, "string": 4, "keyboard": 4}
+    record = state(tmp_path)["splits"]["train"]
+    assert record["kept_bytes"] <= record["budget_bytes"]
+    assert record["read_bytes"] < record["archive_bytes"]  # stopped once every class was full
+
+
+@pytest.mark.parametrize("examples_at", ["middle", "end"])
+def test_resume_after_dropped_connection_fetches_only_the_rest(tmp_path, examples_at):
+    notes = SPLIT_NOTES["train"]
+    archive = build_archive("train", notes, examples_at=examples_at, seed=7)
+    name = ARCHIVE.format("train")
+    budget_mb, classes = mb(10), ["bass", "string", "keyboard"]  # ~3 of the 6 notes per class fit
+    cut = int(len(archive) * 0.4)
+    srv = ArchiveServer({name: archive})
+    srv.drop_after[name] = cut
+    root = tmp_path / "resumed"
+    try:
+        with pytest.raises(NSynthDownloadError, match="run again to resume"):
+            download_NSynth(root, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False)
+        record = state(root)["splits"]["train"]
+        assert record["status"] == "partial" and record["files"]
+        assert (root / "NSynth" / ".partial" / f"{name}.part").stat().st_size == cut
+        assert not (root / "NSynth" / "nsynth-train" / "examples.json").exists()
+        before = stats(root, "train")
+        assert set(before) == set(record["files"])
+        stale = root / "NSynth" / "nsynth-train" / "audio" / ".bass_x.wav.k3j2.part"  # as if killed mid-write
+        stale.write_bytes(b"half")
+
+        n_requests = len(srv.log)
+        download_NSynth(root, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False)
+        assert srv.log[n_requests:] == [{"name": name, "range": f"bytes={cut}-", "status": 206,
+                                         "sent": len(archive) - cut}]
+        after = stats(root, "train")
+        assert {n: after[n] for n in before} == before  # finished files were not written again
+        assert not stale.exists()
+
+        clean = tmp_path / "clean"
+        download_NSynth(clean, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False)
+    finally:
+        srv.close()
+    assert wavs(root, "train") == wavs(clean, "train")
+    assert examples(root, "train") == examples(clean, "train")
+    assert sum(len(w) for w in wavs(root, "train").values()) <= budget_mb * nsynth.BYTES_PER_MB
+    assert not (root / "NSynth" / ".partial").exists()
+
+
+def test_resume_when_server_ignores_range_restarts_without_rewriting(tmp_path):
+    notes = SPLIT_NOTES["train"]
+    archive = build_archive("train", notes, examples_at="end", seed=8)
+    name = ARCHIVE.format("train")
+    srv = ArchiveServer({name: archive})
+    srv.drop_after[name] = cut = len(archive) // 2
+    srv.ignore_range = True
+    try:
+        with pytest.raises(NSynthDownloadError):
+            download_NSynth(tmp_path, ["reed", "bass"], 100.0, base_url=srv.base_url, splits=["train"],
+                            progress=False)
+        before = stats(tmp_path, "train")
+        assert before
+        n_requests = len(srv.log)
+        download_NSynth(tmp_path, ["reed", "bass"], 100.0, base_url=srv.base_url, splits=["train"],
+                        progress=False)
+        assert srv.log[n_requests:] == [{"name": name, "range": f"bytes={cut}-", "status": 200,
+                                         "sent": len(archive)}]
+    finally:
+        srv.close()
+    after = stats(tmp_path, "train")
+    assert {n: after[n] for n in before} == before
+    expected = {n for n, (_, m) in notes.items() if m["instrument_family_str"] in ("reed", "bass")}
+    assert set(wavs(tmp_path, "train")) == expected
+
+
+def test_complete_download_makes_no_request(server, tmp_path):
+    download_NSynth(tmp_path, ["bass", "reed"], 100.0, base_url=server.base_url, progress=False)
+    n_requests = len(server.log)
+    assert n_requests == 3
+    download_NSynth(tmp_path, ["bass", "reed"], 100.0, base_url=server.base_url, progress=False)
+    download_NSynth(tmp_path, ["reed"], 100.0, base_url=server.base_url, progress=False)  # a subset: reused
+    dataset = build_nsynth(tmp_path, ["bass", "reed"], 100.0, None, 0, base_url=server.base_url)
+    dataset.prepare()
+    assert len(server.log) == n_requests
+
+
+def test_other_settings_on_a_partial_download_are_refused(server, tmp_path):
+    server.drop_after[ARCHIVE.format("test")] = 100
+    with pytest.raises(NSynthDownloadError):
+        download_NSynth(tmp_path, ["bass"], 1.0, base_url=server.base_url, progress=False)
+    with pytest.raises(DatasetError, match="made for families bass"):
+        download_NSynth(tmp_path, ["bass", "reed"], 1.0, base_url=server.base_url, progress=False)
+
+
+def test_unsafe_members_are_refused_and_nothing_is_written_outside_root(tmp_path, caplog):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    notes = make_notes("test", {"bass": 2, "string": 2}, seed=5)
+    # Notes listed in examples.json whose only "audio" is an unsafe member bearing their name.
+    decoys = make_notes("valid", {"bass": 3}, seed=6)
+    sym, hard, dev = (tarfile.TarInfo(f"nsynth-test/audio/{n}.wav") for n in decoys)
+    sym.type, sym.linkname = tarfile.SYMTYPE, str(outside / "target.wav")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "../evil.wav"
+    dev.type, dev.devmajor, dev.devminor = tarfile.CHRTYPE, 1, 3
+    evil_dir = tarfile.TarInfo("../evil_dir")
+    evil_dir.type = tarfile.DIRTYPE
+    payload = b"RIFF-evil"
+    extra = [file_member("../evil.wav", payload), file_member(str(outside / "abs_evil.wav"), payload),
+             file_member("nsynth-test/audio/../../../evil2.wav", payload),
+             (sym, None), (hard, None), (dev, None), (evil_dir, None)]
+    archive = build_archive("test", notes, examples_at="middle", listed_only=decoys, extra=extra)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:  # the archive really holds these names
+        assert {"../evil.wav", str(outside / "abs_evil.wav"), "../evil_dir"} <= set(tar.getnames())
+
+    root = tmp_path / "root"
+    srv = ArchiveServer({ARCHIVE.format("test"): archive})
+    outside_before = tree(tmp_path, root)
+    caplog.set_level(logging.WARNING, logger=nsynth.__name__)
+    try:
+        download_NSynth(root, [], 100.0, base_url=srv.base_url, splits=["test"], progress=False)
+    finally:
+        srv.close()
+    assert tree(tmp_path, root) == outside_before
+    assert not list(tmp_path.rglob("*evil*"))
+    assert set(wavs(root, "test")) == set(notes)
+    assert set(examples(root, "test")) == set(notes)
+    assert state(root)["splits"]["test"]["refused"] == 7
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    for info, _ in extra:
+        assert repr(info.name) in warned
+    assert "symlink" in warned and "hard link" in warned and "device" in warned
+
+
+def test_notes_without_an_entry_are_not_kept(tmp_path):
+    notes = make_notes("test", {"bass": 3}, seed=9)
+    orphans = make_notes("valid", {"bass": 2}, seed=10)  # valid's instrument ids: distinct note_strs
+    archive = build_archive("test", notes, examples_at="end", orphans=orphans)
+    srv = ArchiveServer({ARCHIVE.format("test"): archive})
+    try:
+        download_NSynth(tmp_path, ["bass"], 100.0, base_url=srv.base_url, splits=["test"], progress=False)
+    finally:
+        srv.close()
+    assert set(wavs(tmp_path, "test")) == set(notes)
+    assert examples(tmp_path, "test") == {n: m for n, (_, m) in notes.items()}
+
+
+def test_archive_without_examples_json_is_an_error(tmp_path):
+    archive = build_archive("test", SPLIT_NOTES["test"], examples_at=None)
+    srv = ArchiveServer({ARCHIVE.format("test"): archive})
+    try:
+        with pytest.raises(NSynthArchiveError, match=r"without nsynth-test/examples\.json"):
+            download_NSynth(tmp_path, ["bass"], 100.0, base_url=srv.base_url, splits=["test"], progress=False)
+    finally:
+        srv.close()
+    assert state(tmp_path)["splits"]["test"]["status"] == "partial"
+    assert not (tmp_path / "NSynth" / "nsynth-test" / "examples.json").exists()
+
+
+@pytest.mark.parametrize("keep", [0.6, -4], ids=["mid-member", "gzip-trailer"])
+def test_truncated_archive_is_a_clear_error_and_leaves_no_complete_looking_file(server, tmp_path, keep):
+    name = ARCHIVE.format("train")
+    # examples.json lists a note the archive lacks, so every class stays open and the whole
+    # archive is read, down to the gzip trailer.
+    missing = make_notes("valid", {"bass": 1}, seed=11)
+    full = build_archive("train", SPLIT_NOTES["train"], examples_at="end", listed_only=missing)
+    # The file itself is cut (Content-Length agrees): in a note, or only the gzip CRC trailer.
+    server.files[name] = full[: int(len(full) * keep) if keep > 0 else keep]
+    with pytest.raises(NSynthArchiveError, match="corrupt or truncated"):
+        download_NSynth(tmp_path, [], 100.0, base_url=server.base_url, splits=["train"], progress=False)
+    audio = tmp_path / "NSynth" / "nsynth-train" / "audio"
+    got = wavs(tmp_path, "train")
+    assert got and all(got[n] == SPLIT_NOTES["train"][n][0] for n in got)  # only whole notes
+    assert not list(audio.glob(".*"))  # no temp file left either
+    assert state(tmp_path)["splits"]["train"]["status"] == "partial"
+    assert not (tmp_path / "NSynth" / ".partial" / f"{name}.part").exists()  # not resumable: discarded
+    # With the archive repaired, a rerun completes.
+    server.files[name] = full
+    download_NSynth(tmp_path, [], 100.0, base_url=server.base_url, splits=["train"], progress=False)
+    assert set(wavs(tmp_path, "train")) == set(SPLIT_NOTES["train"])
+
+
+def test_non_gzip_answer_is_a_clear_error(server, tmp_path):
+    server.files[ARCHIVE.format("test")] = b"<html>please log in</html>"
+    with pytest.raises(NSynthArchiveError, match="corrupt or truncated"):
+        download_NSynth(tmp_path, ["bass"], 100.0, base_url=server.base_url, splits=["test"], progress=False)
+
+
+def test_unsupported_scheme_is_refused_before_anything_happens(tmp_path):
+    with pytest.raises(NSynthOptionError, match=r"'ftp'.*valid schemes: http, https, file"):
+        download_NSynth(tmp_path / "root", ["bass"], 10.0, base_url="ftp://example.org/nsynth")
+    with pytest.raises(NSynthOptionError, match="valid schemes"):
+        build_nsynth(tmp_path / "root", ["bass"], 10.0, None, 0, base_url="nsynth.example.org")
+    assert not (tmp_path / "root").exists()
+
+
+def test_unreachable_server_names_the_url_and_the_alternatives(tmp_path):
+    url = closed_port_url()
+    with pytest.raises(NSynthDownloadError) as info:
+        download_NSynth(tmp_path, ["bass"], 10.0, base_url=url, splits=["test"], timeout=5, progress=False)
+    assert isinstance(info.value, UserError)  # reported without a traceback
+    message = str(info.value)
+    assert f"{url}/nsynth-test.jsonwav.tar.gz" in message
+    assert "data.options.NSynth.local_dir" in message and "base_url" in message
+
+
+def test_http_error_names_the_status(server, tmp_path):
+    server.files.clear()
+    with pytest.raises(NSynthDownloadError, match=r"HTTP 404.*check data.options.NSynth.base_url"):
+        download_NSynth(tmp_path, ["bass"], 10.0, base_url=server.base_url, splits=["test"], progress=False)
+
+
+def test_file_url_mirror(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name, data in standard_archives().items():
+        (mirror / name).write_bytes(data)
+    download_NSynth(tmp_path / "root", ["keyboard"], 100.0, base_url=mirror.as_uri(), progress=False)
+    expected = {n for n, (_, m) in SPLIT_NOTES["valid"].items() if m["instrument_family_str"] == "keyboard"}
+    assert set(wavs(tmp_path / "root", "valid")) == expected
+
+
+def test_plugin_get_items_follow_the_requested_label_order(server, tmp_path):
+    dataset = build_nsynth(tmp_path, ["violin", "bass"], 100.0, None, 0, base_url=server.base_url)
+    assert dataset.sample_rate == 16000 and dataset.class_names == ["violin", "bass"]
+    dataset.prepare()
+    items = dataset.get_items("train")
+    family_of_label = {0: "string", 1: "bass"}
+    assert {label for _, label in items} == {0, 1}
+    for path, label in items:
+        assert path.parent == tmp_path / "NSynth" / "nsynth-train" / "audio"
+        assert nsynth.family_of(path.stem) == family_of_label[label]
+    assert len(items) == 12
+    class_map = json.loads((tmp_path / "NSynth" / "class_map.json").read_text())
+    assert class_map["classes"] == ["violin", "bass"] and class_map["families"] == ["string", "bass"]
+
+
+def test_local_dir_is_used_in_place_without_download(tmp_path):
+    copy = tmp_path / "nsynth_copy"
+    for split, notes in SPLIT_NOTES.items():
+        audio = copy / f"nsynth-{split}" / "audio"
+        audio.mkdir(parents=True)
+        for note, (wav, _) in notes.items():
+            (audio / f"{note}.wav").write_bytes(wav)
+        entries = {n: m for n, (_, m) in notes.items()}
+        (copy / f"nsynth-{split}" / "examples.json").write_text(json.dumps(entries))
+    before = tree(copy)
+    root = tmp_path / "root"
+    dataset = build_nsynth(root, ["reed", "synth"], 0.001, None, 0, local_dir=str(copy),
+                           base_url=closed_port_url())
+    dataset.prepare()  # the closed port would fail any download
+    items = dataset.get_items("test")
+    assert {label for _, label in items} == {0, 1}
+    assert all(p.parent == copy / "nsynth-test" / "audio" for p, _ in items)
+    assert all(nsynth.family_of(p.stem) == ("reed", "synth_lead")[label] for p, label in items)
+    assert tree(copy) == before  # nothing written into the copy
+    assert json.loads((root / "NSynth" / "class_map.json").read_text())["classes"] == ["reed", "synth"]
+    assert not (root / "NSynth" / nsynth.STATE_FILE).exists()
+
+    with pytest.raises(DatasetError, match=r"nsynth-train/examples\.json"):
+        build_nsynth(root, ["reed"], 1.0, None, 0, local_dir=str(copy / "nsynth-train")).prepare()
+
+
+def test_unknown_class_and_option_errors(tmp_path):
+    with pytest.raises(ClassNameError, match="unknown class 'kazoo'"):
+        download_NSynth(tmp_path, ["kazoo"], 10.0, base_url=closed_port_url())
+    with pytest.raises(ClassNameError, match="Valid names"):
+        build_nsynth(tmp_path, ["bass", "kazoo"], 10.0, None, 0)
+    valid = "valid keys: base_url, local_dir, splits, timeout"
+    with pytest.raises(NSynthOptionError, match=f"unknown data.options.NSynth key.*bogus.*{valid}") as info:
+        build_nsynth(tmp_path, ["bass"], 10.0, None, 0, bogus=1)
+    assert isinstance(info.value, UserError)
+    with pytest.raises(NSynthOptionError, match="max_total_size_mb must be a positive"):
+        download_NSynth(tmp_path, ["bass"], 0, base_url=closed_port_url())
+    with pytest.raises(NSynthOptionError, match="unknown split 'dev'"):
+        build_nsynth(tmp_path, ["bass"], 10.0, None, 0, splits=["train", "dev"])
+    assert not (tmp_path / "NSynth").exists()
+
+
+def test_class_budget_never_exceeds_its_budget():
+    rng = random.Random(0)
+    for _ in range(200):
+        families = rng.sample(FAMILIES, rng.randint(1, 5))
+        budget = nsynth._ClassBudget(families, rng.randint(0, 5000))
+        notes = [(rng.choice(families), rng.randint(1, 600)) for _ in range(rng.randint(0, 40))]
+        meta_at = rng.randint(0, len(notes))
+        for i, (family, size) in enumerate(notes):
+            if i == meta_at:
+                budget.set_unseen({f: sum(1 for g, _ in notes[i:] if g == f) for f in families})
+            budget.offer(family, size)
+            if i >= meta_at:
+                budget.saw(family)
+            assert sum(budget.kept.values()) <= budget.budget
+
+
+def test_hook_registers_the_factory():
+    (component,) = nsynth.audiokd_datasets()
+    assert component.name == "NSynth" and component.factory is build_nsynth
+
+
+def test_rich_progress_on_a_terminal(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    download_NSynth(tmp_path, ["bass"], 100.0, base_url=server.base_url, splits=["test"], progress=True)
+    assert "nsynth-test" in capsys.readouterr().err
