@@ -3,9 +3,11 @@
     python -m benchmarks.train_throughput [hydra overrides]      (make bench)
 
 *Pure model step*: forward + backward + optimizer step of the student on one fixed, precomputed
-log-mel batch (what the model alone costs). *Full pipeline*: the real training loop
-(``core.train.train_one_epoch``): batches from the waveform cache through DataLoader workers,
-waveform augmentation, log-mel, normalisation, SpecAugment, loss, backward, step. Both use the same
+network-input batch (what the model alone costs). *Full pipeline*: the real training loop
+(``core.train.train_one_epoch``) fed exactly as training is: batches from the log-mel cache (or,
+with a waveform augmentation on, from the waveform cache through waveform augmentation and
+log-mel), DataLoader workers if ``train.num_workers`` > 0, normalisation, SpecAugment, loss,
+backward, step. Both use the same
 batch shape and are measured in alternating rounds, so machine noise hits both alike. The figure
 tracked is full / pure samples per second (goal >= 0.9).
 """
@@ -24,7 +26,8 @@ from core.config import register_schema, validate
 from core.data import prepare_data
 from core.registry import load_registry
 from core.train import (
-    Dist, build_model, build_optimizer, build_scheduler, epoch_batches, seed_everything, train_one_epoch,
+    Dist, _stats_batches, build_model, build_optimizer, build_scheduler, epoch_batches, model_inputs,
+    seed_everything, train_one_epoch,
 )
 
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
@@ -44,19 +47,19 @@ def main(argv: list[str]) -> int:
     seed_everything(cfg.train.seed)
     registry = load_registry()
     data = prepare_data(cfg, registry, progress=sys.stderr.isatty())
-    train = data.splits["train"]
     model = build_model(cfg, registry, data.num_classes)
-    model.frontend.fit_normalization([train.batch(list(range(min(256, len(train)))))[0]])
+    train = model_inputs(cfg, model, data)["train"]  # cached log-mel or waveforms, as training uses
+    model.frontend.fit_normalization_logmel(_stats_batches(train, model.frontend, cfg))
     loss_fn = registry.build("loss", cfg.train.loss)
     opt = build_optimizer(cfg, model.parameters())
     sched = build_scheduler(cfg, opt, 10_000)
     device = torch.device("cpu")
     bs = cfg.train.batch_size
 
-    wave, target = train.batch(list(range(bs)))
+    x, target = train.batch(list(range(bs)))
     model.eval()
     with torch.no_grad():
-        feats = model.features(wave)  # fixed batch, normalised, channels_last as in training
+        feats = model.features(**{train.input_kind: x})  # fixed batch, normalised, channels_last
     model.train()
 
     def pure() -> float:
@@ -82,7 +85,7 @@ def main(argv: list[str]) -> int:
     mp, mf = statistics.median(p), statistics.median(f)
     print(f"config: {' '.join(overrides)}  batch {bs}, {steps} steps x {rounds} rounds, "
           f"{torch.get_num_threads()} threads, num_workers {cfg.train.num_workers}, "
-          f"channels_last {cfg.train.channels_last}")
+          f"channels_last {cfg.train.channels_last}, training input {train.input_kind}")
     print(f"pure model step   : {mp:7.1f} samples/s  (rounds: {', '.join(f'{x:.1f}' for x in p)})")
     print(f"full pipeline     : {mf:7.1f} samples/s  (rounds: {', '.join(f'{x:.1f}' for x in f)})")
     print(f"ratio full / pure : {mf / mp:.3f}  (goal >= 0.9)")

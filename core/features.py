@@ -181,11 +181,21 @@ class LogMelFrontend(nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         """``wave [B, L]`` -> ``[B, 1, n_mels, 1 + L // hop]``."""
-        x = self.log_mel(wave)
-        x = (x - self.mean[:, None]) / self.std[:, None]
+        return self.post(self.log_mel(wave))
+
+    def post(self, x: Tensor) -> Tensor:
+        """Log-mel ``[B, n_mels, frames]`` (from :meth:`log_mel` or a :class:`LogMelSet`) ->
+        normalised, SpecAugmented (training only) ``[B, 1, n_mels, frames]``."""
+        x = (x.float() - self.mean[:, None]) / self.std[:, None]
         if self.training and self.specaug:
             x = self._spec_augment(x)
         return x.unsqueeze(1)
+
+    def signature(self) -> str:
+        """Everything :meth:`log_mel` depends on, for cache keys."""
+        spec, mel = self.spectrogram, self.mel_scale
+        return (f"sr={self.sr}|n_fft={spec.n_fft}|win={spec.win_length}|hop={self.hop}|"
+                f"n_mels={self.n_mels}|fmin={mel.f_min}|fmax={mel.f_max}|floor={self.log_floor}")
 
     @torch.no_grad()
     def fit_normalization(self, batches: Iterable[Union[Tensor, tuple, list]]) -> "LogMelFrontend":
@@ -203,12 +213,19 @@ class LogMelFrontend(nn.Module):
             ``self``.
         """
         device = self.mean.device
+        return self.fit_normalization_logmel(
+            self.log_mel((b[0] if isinstance(b, (tuple, list)) else b).to(device)) for b in batches)
+
+    @torch.no_grad()
+    def fit_normalization_logmel(self, batches: Iterable[Union[Tensor, tuple, list]]) -> "LogMelFrontend":
+        """Like :meth:`fit_normalization`, from log-mel batches ``[B, n_mels, frames]`` (e.g. a
+        :class:`LogMelSet` of the training split)."""
+        device = self.mean.device
         total = torch.zeros(self.n_mels, dtype=torch.float64, device=device)
         total_sq = torch.zeros_like(total)
         count = 0
         for batch in batches:
-            wave = batch[0] if isinstance(batch, (tuple, list)) else batch
-            x = self.log_mel(wave.to(device)).double()
+            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device).double()
             total += x.sum(dim=(0, 2))
             total_sq += x.square().sum(dim=(0, 2))
             count += x.shape[0] * x.shape[2]
@@ -643,3 +660,80 @@ __all__ = [
     "Reverb",
     "WaveAugment",
 ]
+
+
+class LogMelSet(torch.utils.data.Dataset):
+    """Cached, unnormalised log-mel of a :class:`~core.waveforms.WaveformSet` (float16 memmap).
+
+    Log-mel is a fixed function of the waveform, so with no waveform augmentation it would be
+    recomputed identically every epoch; on 2 CPU cores that was ~16 % of a training step. The set
+    stores it once; normalisation and SpecAugment still run per batch (``LogMelFrontend.post``).
+    float16 keeps log-power to ~0.004 at the top of its range, far below the normalised scale.
+    """
+
+    input_kind = "logmel"
+
+    def __init__(self, npy_path: Path, waves: Any) -> None:
+        self.npy_path = Path(npy_path)
+        self.labels = waves.labels
+        self.paths = waves.paths
+        self.skipped = waves.skipped
+        self._mels: Optional[np.memmap] = None
+
+    @property
+    def mels(self) -> np.memmap:
+        if self._mels is None:
+            self._mels = np.load(self.npy_path, mmap_mode="r")
+        return self._mels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return torch.from_numpy(self.mels[index].astype(np.float32)), torch.tensor(self.labels[index])
+
+    def batch(self, indices: Any) -> tuple[Tensor, Tensor]:
+        """``(log-mel float32 [B, n_mels, frames], labels int64 [B])``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return torch.from_numpy(self.mels[idx].astype(np.float32)), torch.from_numpy(self.labels[idx])
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_mels"] = None  # workers reopen the file instead of receiving the array
+        return state
+
+
+@torch.no_grad()
+def build_logmel_cache(waves: Any, frontend: LogMelFrontend, batch_size: int = 64) -> LogMelSet:
+    """Compute ``frontend.log_mel`` of every clip once, next to the waveform cache, or reuse it.
+
+    The file name hashes the waveform cache's name and :meth:`LogMelFrontend.signature`, so a
+    changed clip set or front-end setting gets a new file. Written under a temporary name and
+    renamed when complete, so an interrupted build is never mistaken for a cache.
+    """
+    import hashlib
+    import os
+
+    from core.waveforms import temp_path
+
+    key = hashlib.sha256(f"{waves.npy_path.name}|{frontend.signature()}".encode()).hexdigest()[:24]
+    final = waves.npy_path.parent / f"logmel-{key}.npy"
+    n, frames = len(waves), frontend.num_frames(waves.clip_samples)
+    if final.is_file():
+        arr = np.load(final, mmap_mode="r")
+        if arr.shape == (n, frontend.n_mels, frames) and arr.dtype == np.float16:
+            return LogMelSet(final, waves)
+    device = frontend.mean.device
+    tmp = temp_path(final)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, frontend.n_mels, frames))
+        for start in range(0, n, batch_size):
+            wave, _ = waves.batch(range(start, min(n, start + batch_size)))
+            out[start:start + len(wave)] = frontend.log_mel(wave.to(device)).cpu().numpy().astype(np.float16)
+        out.flush()
+        del out
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return LogMelSet(final, waves)

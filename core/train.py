@@ -27,7 +27,7 @@ from torch import nn
 from core import checkpoint as ckpt
 from core.data import DataBundle, prepare_data
 from core.errors import UserError
-from core.features import LogMelFrontend, WaveAugment
+from core.features import LogMelFrontend, LogMelSet, WaveAugment, build_logmel_cache
 from core.metrics import Scores, plot_confusion, score
 from core.registry import Registry
 from core.tracking import Tracker, flatten, resolve_uri
@@ -51,16 +51,20 @@ class AudioClassifier(nn.Module):
         self.net = net
         self.channels_last = channels_last
 
-    def features(self, wave: torch.Tensor) -> torch.Tensor:
-        if self.wave_aug is not None and self.training:
-            wave = self.wave_aug(wave)
-        feats = self.frontend(wave)
+    def features(self, wave: torch.Tensor | None = None, *, logmel: torch.Tensor | None = None) -> torch.Tensor:
+        """Network input from waveforms ``[B, L]``, or from cached log-mel ``[B, n_mels, T]``
+        (a :class:`~core.features.LogMelSet` batch; only valid with no waveform augmentation)."""
+        if logmel is None:
+            if self.wave_aug is not None and self.training:
+                wave = self.wave_aug(wave)
+            logmel = self.frontend.log_mel(wave)
+        feats = self.frontend.post(logmel)
         if self.channels_last:
             feats = feats.contiguous(memory_format=torch.channels_last)
         return feats
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.net(self.features(wave))
+    def forward(self, wave: torch.Tensor | None = None, *, logmel: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.features(wave, logmel=logmel))
 
 
 @attrs.define
@@ -160,9 +164,9 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, d: Dist,
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Index lists -> (waves, labels) batches, so DataLoader workers prefetch from the memmap."""
+    """Index lists -> (inputs, labels) batches, so DataLoader workers prefetch from the memmap."""
 
-    def __init__(self, waves: WaveformSet, batches: list[list[int]]) -> None:
+    def __init__(self, waves: "Inputs", batches: list[list[int]]) -> None:
         self.waves, self.batch_list = waves, batches
 
     def __len__(self) -> int:
@@ -172,7 +176,7 @@ class _Batches(torch.utils.data.Dataset):
         return self.waves.batch(self.batch_list[i])
 
 
-def iterate(waves: WaveformSet, batches: list[list[int]], num_workers: int,
+def iterate(waves: "Inputs", batches: list[list[int]], num_workers: int,
             pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     if num_workers <= 0:
         for b in batches:
@@ -197,7 +201,10 @@ def autocast(cfg: DictConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def train_one_epoch(model: nn.Module, loss_fn: Any, waves: WaveformSet, batches: list[list[int]],
+Inputs = WaveformSet | LogMelSet  # what a split is fed from: cached waveforms or cached log-mel
+
+
+def train_one_epoch(model: nn.Module, loss_fn: Any, waves: Inputs, batches: list[list[int]],
                     opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler | None,
                     cfg: DictConfig, device: torch.device, epoch: int) -> dict[str, float]:
     model.train()
@@ -207,7 +214,7 @@ def train_one_epoch(model: nn.Module, loss_fn: Any, waves: WaveformSet, batches:
         wave = wave.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         with autocast(cfg, device):
-            logits = model(wave)
+            logits = model(**{waves.input_kind: wave})
         terms = loss_fn(logits.float(), target)
         loss = terms["total"]
         if not torch.isfinite(loss):
@@ -243,7 +250,7 @@ def train_one_epoch(model: nn.Module, loss_fn: Any, waves: WaveformSet, batches:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, waves: WaveformSet, cfg: DictConfig, device: torch.device) -> Scores:
+def evaluate(model: nn.Module, waves: Inputs, cfg: DictConfig, device: torch.device) -> Scores:
     """Score every clip of a split (argmax decision; loss is plain CE whatever the training loss)."""
     model.eval()
     bs = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
@@ -251,7 +258,7 @@ def evaluate(model: nn.Module, waves: WaveformSet, cfg: DictConfig, device: torc
     idx = list(range(len(waves)))
     for wave, target in iterate(waves, [idx[i:i + bs] for i in range(0, len(idx), bs)], 0, False):
         with autocast(cfg, device):
-            out = model(wave.to(device))
+            out = model(**{waves.input_kind: wave.to(device)})
         logits.append(out.float().cpu())
         targets.append(target)
     logits_t, target_t = torch.cat(logits), torch.cat(targets)
@@ -315,15 +322,20 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
         _check_resume_compatible(state, cfg, data)
         run_dir = Path(state["run_dir"])
     model = build_model(cfg, registry, k).to(device)
+    if d.main:  # rank 0 builds the log-mel caches, the others then open them
+        inputs = model_inputs(cfg, model, data)
+    d.barrier()
+    if not d.main:
+        inputs = model_inputs(cfg, model, data)
     if state is None:
-        model.frontend.fit_normalization(_train_batches_for_stats(data.splits["train"], cfg))
+        model.frontend.fit_normalization_logmel(_stats_batches(inputs["train"], model.frontend, cfg))
     train_model: nn.Module = model
     if d.world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = registry.build("loss", cfg.train.loss)
 
-    train_set = data.splits["train"]
+    train_set = inputs["train"]
     steps = len(epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, 0, d,
                               cfg.train.max_steps_per_epoch))
     if steps == 0:
@@ -364,7 +376,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
             train_metrics = train_one_epoch(train_model, loss_fn, train_set, batches, opt, sched,
                                             scaler, cfg, device, epoch)
             train_time = time.perf_counter() - t0
-            val = evaluate(model, data.splits["valid"], cfg, device)
+            val = evaluate(model, inputs["valid"], cfg, device)
             improved = val.f1 > best_f1
             if improved:
                 best_f1, best_epoch = val.f1, epoch
@@ -403,8 +415,8 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
         best_epoch = best["epoch"]
     final: dict[str, float] = {}
     if d.main:
-        val = evaluate(model, data.splits["valid"], cfg, device)
-        test = evaluate(model, data.splits["test"], cfg, device)
+        val = evaluate(model, inputs["valid"], cfg, device)
+        test = evaluate(model, inputs["test"], cfg, device)
         final = {**{f"best_{k}": v for k, v in val.as_metrics("val").items()},
                  **test.as_metrics("test", data.class_names), "best_epoch": best_epoch + 1}
         tracker.log_metrics(final, step=cfg.train.epochs)
@@ -430,12 +442,25 @@ def build_model(cfg: DictConfig, registry: Registry, num_classes: int) -> AudioC
     return model
 
 
-def _train_batches_for_stats(train: WaveformSet, cfg: DictConfig, max_clips: int = 2048) -> Iterator[torch.Tensor]:
-    """Training clips for the normalisation statistics (a seeded subset of at most max_clips)."""
+def model_inputs(cfg: DictConfig, model: AudioClassifier, data: DataBundle) -> dict[str, Inputs]:
+    """What each split is fed from. With ``train.cache_logmel`` the log-mel of every clip is
+    computed once and cached; training still reads waveforms when a waveform augmentation is on
+    (it must run before the log-mel), evaluation never augments and always reads the cache."""
+    if not cfg.train.cache_logmel:
+        return dict(data.splits)
+    wave_aug_on = model.wave_aug is not None and bool(model.wave_aug.enabled)
+    return {split: waves if (split == "train" and wave_aug_on) else build_logmel_cache(waves, model.frontend)
+            for split, waves in data.splits.items()}
+
+
+def _stats_batches(train: Inputs, frontend: LogMelFrontend, cfg: DictConfig,
+                   max_clips: int = 2048) -> Iterator[torch.Tensor]:
+    """Training-split log-mel for the normalisation statistics (a seeded subset of <= max_clips)."""
     g = torch.Generator().manual_seed(cfg.train.seed)
     idx = torch.randperm(len(train), generator=g)[:max_clips].tolist()
     for i in range(0, len(idx), 256):
-        yield train.batch(idx[i:i + 256])[0]
+        x = train.batch(idx[i:i + 256])[0]
+        yield x if train.input_kind == "logmel" else frontend.log_mel(x.to(frontend.mean.device))
 
 
 def _check_resume_compatible(state: dict[str, Any], cfg: DictConfig, data: DataBundle) -> None:

@@ -154,6 +154,9 @@ class WaveformSet(Dataset):
         npy_path: the ``.npy`` file holding the rows.
     """
 
+    #: keyword under which the training loop hands a batch of this set to the model
+    input_kind = "wave"
+
     def __init__(self, npy_path: Path, labels: np.ndarray, paths: list[str], sr: int,
                  skipped: list[tuple[str, str]]):
         self.npy_path = Path(npy_path)
@@ -334,7 +337,7 @@ def _decode_all(items: Sequence[tuple[PathLike, int]], sr: int, clip_samples: in
     labels = [int(label) for _, label in items]
     tmp_paths: list[Path] = []
     try:
-        tmp = _temp_path(npy_path)
+        tmp = temp_path(npy_path)
         tmp_paths.append(tmp)
         rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(len(items), clip_samples))
         kept_paths: list[str] = []
@@ -353,7 +356,7 @@ def _decode_all(items: Sequence[tuple[PathLike, int]], sr: int, clip_samples: in
             raise WaveformCacheError(f"all {len(items)} files were skipped, none could be cached "
                                      f"(first: {reasons})")
         if len(kept_paths) < len(items):
-            compact = _temp_path(npy_path)
+            compact = temp_path(npy_path)
             tmp_paths.append(compact)
             out = np.lib.format.open_memmap(compact, mode="w+", dtype=np.int16,
                                             shape=(len(kept_paths), clip_samples))
@@ -422,7 +425,7 @@ def _report_skipped(skipped: list[tuple[str, str]], total: int) -> None:
     log.warning("skipped %d of %d audio files:\n%s%s", len(skipped), total, shown, more)
 
 
-def _temp_path(final: Path) -> Path:
+def temp_path(final: Path) -> Path:
     # Unique per process and call, in the same folder so os.replace stays an atomic rename.
     fd, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp.npy", dir=final.parent)
     os.close(fd)

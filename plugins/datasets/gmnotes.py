@@ -90,6 +90,8 @@ still ~3x the target, for most of the gain.
 
 from __future__ import annotations
 
+import contextlib
+
 import ctypes
 import functools
 import hashlib
@@ -1219,11 +1221,15 @@ class GMNotesDataset(NSynthLayoutDataset):
         self.stats.already_done = len(notes) - len(tasks)
         log.info("GMNotes: %d notes planned in %s, %d already on disk, %d to render",
                  len(notes), self.dataset_dir, self.stats.already_done, len(tasks))
-        while tasks:
-            self._render(tasks, silent_log)
-            # a note found silent gives its place to the next candidate of its cell; render those
-            notes = plan.select(self._silent(silent_log))
-            tasks = self._missing(notes)
+        with contextlib.ExitStack() as stack:
+            engine: FluidRenderer | ProcessPoolExecutor | None = None
+            while tasks:
+                if engine is None:  # one renderer / pool for every round: starting one costs seconds
+                    engine = stack.enter_context(self._engine())
+                self._render(engine, tasks, silent_log)
+                # a note found silent gives its place to the next candidate of its cell; render those
+                notes = plan.select(self._silent(silent_log))
+                tasks = self._missing(notes)
         counts = self._write_examples(notes)
         marker = {"notes": counts, "settings": self.settings.digest()}
         atomic_write_text(self.complete_marker, json.dumps(marker, indent=2))  # last: the folder is done
@@ -1247,9 +1253,21 @@ class GMNotesDataset(NSynthLayoutDataset):
     def _silent(silent_log: Path) -> set[str]:
         return set(silent_log.read_text(encoding="utf-8").split()) if silent_log.is_file() else set()
 
-    def _render(self, tasks: list[Task], silent_log: Path) -> None:
-        started = time.perf_counter()
+    def _engine(self) -> FluidRenderer | ProcessPoolExecutor:
+        """The in-process renderer, or (num_workers > 1) a pool of rendering processes."""
         paths = [sf.path for sf in self.settings.soundfonts]
+        if self.num_workers <= 1:
+            return FluidRenderer(paths, self.settings.oversample)
+        # spawn, not fork: the parent may run rich's refresh thread (and torch's pools). An
+        # executor, not a Pool: a worker that dies raises BrokenProcessPool instead of being
+        # respawned forever (e.g. a script without an ``if __name__ == "__main__"`` guard).
+        context = multiprocessing.get_context("spawn")
+        init = (paths, self.settings.oversample, self.settings.silence_db)
+        return ProcessPoolExecutor(self.num_workers, mp_context=context, initializer=_worker_init,
+                                   initargs=init)
+
+    def _render(self, engine: FluidRenderer | ProcessPoolExecutor, tasks: list[Task], silent_log: Path) -> None:
+        started = time.perf_counter()
         with _Progress(len(tasks)) as progress, open(silent_log, "a", encoding="utf-8") as journal:
             def record(outcomes: list[Outcome]) -> None:
                 for path, status, limited in outcomes:
@@ -1261,32 +1279,24 @@ class GMNotesDataset(NSynthLayoutDataset):
                 journal.flush()
                 progress.advance(len(outcomes))
 
-            if self.num_workers <= 1:
-                with FluidRenderer(paths, self.settings.oversample) as renderer:
-                    for task in tasks:
-                        record([render_task(renderer, task, self.settings.silence_db)])
+            if isinstance(engine, FluidRenderer):
+                for task in tasks:
+                    record([render_task(engine, task, self.settings.silence_db)])
             else:
-                # spawn, not fork: the parent may run rich's refresh thread (and torch's pools). An
-                # executor, not a Pool: a worker that dies raises BrokenProcessPool instead of being
-                # respawned forever (e.g. a script without an ``if __name__ == "__main__"`` guard).
-                context = multiprocessing.get_context("spawn")
-                init = (paths, self.settings.oversample, self.settings.silence_db)
-                with ProcessPoolExecutor(self.num_workers, mp_context=context, initializer=_worker_init,
-                                         initargs=init) as pool:
-                    futures = [pool.submit(_worker_run, tasks[k:k + 32]) for k in range(0, len(tasks), 32)]
-                    try:
-                        for future in as_completed(futures):
-                            record(future.result())
-                    except BrokenProcessPool as exc:
-                        raise RenderError(
-                            "GMNotes: a rendering worker died. Workers are spawned and re-import the "
-                            "main module, so a script that calls prepare() must do so under "
-                            "`if __name__ == '__main__':`; or set data.options.GMNotes.num_workers=1"
-                        ) from exc
-                    except BaseException:
-                        for future in futures:  # stop after the chunks already running
-                            future.cancel()
-                        raise
+                futures = [engine.submit(_worker_run, tasks[k:k + 32]) for k in range(0, len(tasks), 32)]
+                try:
+                    for future in as_completed(futures):
+                        record(future.result())
+                except BrokenProcessPool as exc:
+                    raise RenderError(
+                        "GMNotes: a rendering worker died. Workers are spawned and re-import the "
+                        "main module, so a script that calls prepare() must do so under "
+                        "`if __name__ == '__main__':`; or set data.options.GMNotes.num_workers=1"
+                    ) from exc
+                except BaseException:
+                    for future in futures:  # stop after the chunks already running
+                        future.cancel()
+                    raise
         self.stats.seconds += time.perf_counter() - started
         log.info("GMNotes: rendered %d notes in %.1f s (%.0f notes/s); %d silent and dropped, %d scaled "
                  "down to avoid clipping", self.stats.rendered, self.stats.seconds,

@@ -59,8 +59,14 @@ def check_run(uri: str, run_id: str, epochs: int) -> None:
     assert state["finished"] and state["epoch"] == epochs - 1
 
 
-def test_tiny_run_sqlite(tiny, tmp_path):
-    cfg = tiny()
+@pytest.mark.parametrize("extra", [
+    (),
+    ("train.cache_logmel=false",),
+    ("aug.noise.enabled=true", "aug.gain.enabled=true", "aug.rir.enabled=true"),  # training reads waveforms
+    ("train.num_workers=2",),
+])
+def test_tiny_run_sqlite(tiny, tmp_path, extra):
+    cfg = tiny(*extra)
     result = run(cfg, run_dir(tmp_path))
     check_run(cfg.tracking.uri, result.run_id, cfg.train.epochs)
     assert (result.run_dir / "checkpoints" / "best.pt").is_file()
