@@ -7,15 +7,14 @@ hands us without running code from it.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.errors import UserError
+from core.fsutil import atomic_path
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -24,17 +23,9 @@ class CheckpointError(UserError, RuntimeError):
 
 def save(state: dict[str, Any], path: Path) -> Path:
     """Write atomically: a crash or a full disk mid-write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(Path(path)) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load(path: Path | str) -> dict[str, Any]:

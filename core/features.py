@@ -712,9 +712,8 @@ def build_logmel_cache(waves: Any, frontend: LogMelFrontend, batch_size: int = 6
     renamed when complete, so an interrupted build is never mistaken for a cache.
     """
     import hashlib
-    import os
 
-    from core.waveforms import temp_path
+    from core.fsutil import atomic_path
 
     key = hashlib.sha256(f"{waves.npy_path.name}|{frontend.signature()}".encode()).hexdigest()[:24]
     final = waves.npy_path.parent / f"logmel-{key}.npy"
@@ -724,16 +723,11 @@ def build_logmel_cache(waves: Any, frontend: LogMelFrontend, batch_size: int = 6
         if arr.shape == (n, frontend.n_mels, frames) and arr.dtype == np.float16:
             return LogMelSet(final, waves)
     device = frontend.mean.device
-    tmp = temp_path(final)
-    try:
+    with atomic_path(final, suffix=".tmp.npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, frontend.n_mels, frames))
         for start in range(0, n, batch_size):
             wave, _ = waves.batch(range(start, min(n, start + batch_size)))
             out[start:start + len(wave)] = frontend.log_mel(wave.to(device)).cpu().numpy().astype(np.float16)
         out.flush()
         del out
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return LogMelSet(final, waves)

@@ -209,7 +209,7 @@ def train_one_epoch(model: nn.Module, loss_fn: Any, waves: Inputs, batches: list
                     cfg: DictConfig, device: torch.device, epoch: int) -> dict[str, float]:
     model.train()
     sums: dict[str, float] = {}
-    correct, seen, preds, targets = 0, 0, [], []
+    seen, preds, targets = 0, [], []
     for step, (wave, target) in enumerate(iterate(waves, batches, cfg.train.num_workers, device.type == "cuda")):
         wave = wave.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)

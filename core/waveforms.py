@@ -36,6 +36,7 @@ import torchaudio.functional as AF
 from torch.utils.data import Dataset
 
 from core.errors import UserError
+from core.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def build_waveform_cache(
         "labels": kept_labels,
         "skipped": [list(s) for s in skipped],
     }
-    _atomic_write_text(manifest_path, json.dumps(manifest))
+    atomic_write_text(manifest_path, json.dumps(manifest))
     return WaveformSet(npy_path, np.asarray(kept_labels, dtype=np.int64), kept_paths, sr, skipped)
 
 
@@ -337,7 +338,7 @@ def _decode_all(items: Sequence[tuple[PathLike, int]], sr: int, clip_samples: in
     labels = [int(label) for _, label in items]
     tmp_paths: list[Path] = []
     try:
-        tmp = temp_path(npy_path)
+        tmp = _temp_path(npy_path)
         tmp_paths.append(tmp)
         rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(len(items), clip_samples))
         kept_paths: list[str] = []
@@ -356,7 +357,7 @@ def _decode_all(items: Sequence[tuple[PathLike, int]], sr: int, clip_samples: in
             raise WaveformCacheError(f"all {len(items)} files were skipped, none could be cached "
                                      f"(first: {reasons})")
         if len(kept_paths) < len(items):
-            compact = temp_path(npy_path)
+            compact = _temp_path(npy_path)
             tmp_paths.append(compact)
             out = np.lib.format.open_memmap(compact, mode="w+", dtype=np.int16,
                                             shape=(len(kept_paths), clip_samples))
@@ -425,24 +426,11 @@ def _report_skipped(skipped: list[tuple[str, str]], total: int) -> None:
     log.warning("skipped %d of %d audio files:\n%s%s", len(skipped), total, shown, more)
 
 
-def temp_path(final: Path) -> Path:
+def _temp_path(final: Path) -> Path:
     # Unique per process and call, in the same folder so os.replace stays an atomic rename.
     fd, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp.npy", dir=final.parent)
     os.close(fd)
     return Path(name)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
 
 
 __all__ = [

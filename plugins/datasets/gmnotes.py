@@ -118,7 +118,8 @@ import numpy as np
 from core.errors import UserError
 from core.registry import Component, hookimpl
 from plugins.datasets.families import FAMILIES, SOURCES, resolve_classes
-from plugins.datasets.layout import SPLITS, DatasetError, NSynthLayoutDataset, atomic_write_text, split_dir
+from core.fsutil import atomic_write_text
+from plugins.datasets.layout import SPLITS, DatasetError, NSynthLayoutDataset, split_dir
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.fsutil import atomic_write_text
 from plugins.datasets.families import mapping_text, resolve_classes
 
 log = logging.getLogger(__name__)
@@ -37,21 +36,6 @@ def canonical_split(split: str) -> str:
 
 def split_dir(dataset_dir: Path, split: str) -> Path:
     return Path(dataset_dir) / f"nsynth-{canonical_split(split)}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class NSynthLayoutDataset:

@@ -64,7 +64,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from core.errors import UserError
 from core.registry import Component, hookimpl
 from plugins.datasets.families import FAMILIES, resolve_classes
-from plugins.datasets.layout import (SPLITS, DatasetError, NSynthLayoutDataset, atomic_write_text,
+from core.fsutil import atomic_write_text
+from plugins.datasets.layout import (SPLITS, DatasetError, NSynthLayoutDataset,
                                      canonical_split, split_dir)
 
 log = logging.getLogger(__name__)

@@ -253,7 +253,7 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path, monkeypa
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(waveforms, "_atomic_write_text", crash)
+    monkeypatch.setattr(waveforms, "atomic_write_text", crash)
     with pytest.raises(OSError, match="disk full"):
         build_waveform_cache(items, SR, CLIP, cache, progress=False)
     assert not list(cache.glob("*.json"))
