@@ -26,7 +26,7 @@ help:
 	@echo "make doctor  - print versions, CUDA, audio loading, SoundFonts and the MLflow store"
 	@echo "make ui      - MLflow UI for the local store on http://127.0.0.1:5000"
 	@echo "make list    - list the registered components"
-	@echo "make bench   - data-pipeline vs pure-model training throughput"
+	@echo "make bench   - data-pipeline vs pure-model training throughput (ARGS='hydra overrides')"
 
 setup: system-deps $(STAMP)
 
@@ -52,7 +52,7 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) -m benchmarks.train_throughput
+	$(PY) -m benchmarks.train_throughput $(ARGS)
 
 doctor: setup
 	$(PY) -m core.doctor

@@ -334,6 +334,9 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = registry.build("loss", cfg.train.loss)
+    if getattr(loss_fn, "needs_teacher", False):
+        raise TrainingError(f"train.loss={cfg.train.loss} needs teacher logits, and the student stage "
+                            f"trains without a teacher; use train.loss=ce")
 
     train_set = inputs["train"]
     steps = len(epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, 0, d,

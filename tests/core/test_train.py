@@ -135,6 +135,7 @@ def test_resume_refuses_another_architecture(tiny, tmp_path):
     ("model.student.arch=resnet_9000", ["unknown student", "mobilenet_v3_small"]),
     ("data.dataset=LibriSpeech", ["unknown dataset", "GMNotes", "NSynth"]),
     ("train.loss=focal", ["unknown loss", "ce"]),
+    ("train.loss=kd", ["needs teacher logits"]),
     ("data.classes=[violin,kazoo]", ["kazoo", "string", "valid names"]),
     ("data.classes=[violin,cello]", ["cello", "violin", "string"]),
     ("model.student.num_classes=5", ["num_classes=5", "3 classes"]),
