@@ -162,6 +162,8 @@ class TrackingConfig:
 @attrs.define
 class Config:
     name: str = "default"
+    # profiler plugins whose params/MACs every training run logs (python -m core.list shows them)
+    profilers: List[str] = ["thop", "flop_counter"]
     data: DataConfig = DataConfig()
     aug: AugConfig = AugConfig()
     model: ModelConfig = ModelConfig()

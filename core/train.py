@@ -366,7 +366,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
     run_id = tracker.start(run_name=cfg.tracking.run_name or cfg.name, run_id=run_id)
     ckpt_dir = run_dir / "checkpoints"
     if d.main and state is None:
-        _log_run_inputs(tracker, cfg, data, model, run_dir)
+        _log_run_inputs(tracker, cfg, data, model, run_dir, registry)
 
     # --- epochs --------------------------------------------------------------------------------
     base_state = {"config": OmegaConf.to_container(cfg, resolve=True), "class_map": data.class_map(),
@@ -480,8 +480,21 @@ def _check_resume_compatible(state: dict[str, Any], cfg: DictConfig, data: DataB
                             "(raise train.epochs only in a new run)")
 
 
+def profile_student(cfg: DictConfig, registry: Registry, model: AudioClassifier,
+                    train: WaveformSet) -> dict[str, float]:
+    """Params and MACs of the student network (front end excluded) for one training input
+    ``[1, 1, n_mels, frames]``, from each profiler in ``cfg.profilers``."""
+    frames = model.frontend.num_frames(train.clip_samples)
+    example = torch.zeros(1, 1, cfg.aug.n_mels, frames, device=model.frontend.mean.device)
+    metrics: dict[str, float] = {}
+    for name in cfg.profilers:
+        p = registry.build("profiler", name).profile(model.net, example)
+        metrics.update({"student_params": p.params, f"student_macs_{name}": p.macs})
+    return metrics
+
+
 def _log_run_inputs(tracker: Tracker, cfg: DictConfig, data: DataBundle, model: AudioClassifier,
-                    run_dir: Path) -> None:
+                    run_dir: Path, registry: Registry) -> None:
     import json
 
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -491,6 +504,7 @@ def _log_run_inputs(tracker: Tracker, cfg: DictConfig, data: DataBundle, model: 
                    "n_test": len(data.splits["test"]),
                    "student_params": sum(p.numel() for p in model.net.parameters())})
     tracker.log_params(params)
+    tracker.log_metrics(profile_student(cfg, registry, model, data.splits["train"]), step=0)
     tracker.set_tags({"stage": "student", "dataset": cfg.data.dataset, "student": cfg.model.student.arch})
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
