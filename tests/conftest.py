@@ -36,6 +36,12 @@ def make_plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callabl
     return make
 
 
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data root for the session: the tiny GMNotes render and the caches are made once."""
+    return tmp_path_factory.mktemp("data")
+
+
 @pytest.fixture
 def compose(tmp_path: Path) -> Callable[..., object]:
     """Compose the real Hydra config (schema + configs/) with overrides, as `core.run` would."""

@@ -18,12 +18,6 @@ from tests.core.test_registry import THIRD_PARTY_STUDENT
 EPOCH_METRICS = {"train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1"}
 
 
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory) -> Path:
-    """One data root for the session: the tiny GMNotes render and waveform caches are made once."""
-    return tmp_path_factory.mktemp("data")
-
-
 @pytest.fixture
 def tiny(compose, data_root, tmp_path):
     def make(*overrides: str):
@@ -49,6 +43,9 @@ def check_run(uri: str, run_id: str, epochs: int) -> None:
     for name in EPOCH_METRICS:
         assert [m.step for m in client.get_metric_history(run_id, name)] == list(range(1, epochs + 1)), name
     assert {"test_acc", "test_f1", "best_val_acc", "test_f1_bass"} <= set(r.data.metrics)
+    m = r.data.metrics
+    assert m["student_params"] == int(p["student_params"]) > 0
+    assert 0 < m["student_macs_flop_counter"] < m["student_macs_thop"]  # thop also counts BN/pooling ops
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"checkpoints", "config.yaml", "class_map.json", "confusion"} <= top
     assert {a.path for a in client.list_artifacts(run_id, "checkpoints")} == {"checkpoints/last.pt", "checkpoints/best.pt"}
