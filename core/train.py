@@ -299,6 +299,11 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     progress = d.main and sys.stderr.isatty()
+    # config mistakes surface before any download, render or cache build
+    loss_fn = registry.build("loss", cfg.train.loss)
+    if getattr(loss_fn, "needs_teacher", False):
+        raise TrainingError(f"train.loss={cfg.train.loss} needs teacher logits, and the student stage "
+                            f"trains without a teacher; use train.loss=ce")
 
     # --- data: rank 0 downloads/renders, the others wait and then read the same files ---------
     if d.main:
@@ -333,10 +338,6 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
     if d.world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = registry.build("loss", cfg.train.loss)
-    if getattr(loss_fn, "needs_teacher", False):
-        raise TrainingError(f"train.loss={cfg.train.loss} needs teacher logits, and the student stage "
-                            f"trains without a teacher; use train.loss=ce")
 
     train_set = inputs["train"]
     steps = len(epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, 0, d,
