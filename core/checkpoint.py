@@ -28,18 +28,35 @@ def save(state: dict[str, Any], path: Path) -> Path:
     return Path(path)
 
 
-def load(path: Path | str) -> dict[str, Any]:
+def load(path: Path | str, source: str | None = None, hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with errors a user can act on.
+
+    Args:
+        source: how to name the checkpoint in messages (a URL it came from); default the path.
+        hint: appended to the refusal message (e.g. how to re-save the file).
+    """
     path = Path(path)
+    source = source or str(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {source} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle errors come in many types
+    except Exception as exc:  # noqa: BLE001 - a foreign or corrupt file fails in many ways
         raise CheckpointError(
-            f"cannot load {path} with weights_only=True ({type(exc).__name__}: {exc}). "
-            f"Only checkpoints made of tensors and plain values are accepted; a file that needs "
-            f"arbitrary code to unpickle is refused on purpose."
+            f"refusing checkpoint {source}: torch.load(weights_only=True) could not read it "
+            f"({_load_failure(exc)}). Only checkpoints made of tensors and plain values are accepted; "
+            f"a file that pickles Python objects is refused, never run, or it is corrupt. {hint}".rstrip()
         ) from exc
+
+
+def _load_failure(err: Exception) -> str:
+    """The useful line of a ``torch.load`` error: for refused pickles, the refused global."""
+    text = str(err)
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
+    lines = text.strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def rng_state() -> dict[str, Any]:

@@ -19,8 +19,9 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
+from core.checkpoint import CheckpointError
+from core.checkpoint import load as load_checkpoint
 from core.config import ConfigValueError
-from core.errors import UserError
 from core.fsutil import atomic_path
 from core.waveforms import fit_length
 
@@ -29,10 +30,6 @@ Tensor = torch.Tensor
 #: ``model.teacher.checkpoint`` value that asks for random initialisation (timing and tests only);
 #: ``null`` means the variant's default weights.
 RANDOM_INIT = "none"
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A teacher checkpoint could not be found, downloaded or read."""
 
 
 class Teacher(nn.Module):
@@ -158,13 +155,7 @@ def load_state_dict_file(path: Path, source: str) -> dict[str, Tensor]:
     """Tensors of a ``torch.save``-d state_dict, read with ``weights_only=True`` so a file that
     pickles Python code (or anything other than tensors and containers) is refused, never run.
     A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a foreign or corrupt file fails in many ways (KeyError for random bytes)
-        raise CheckpointError(
-            f"refusing checkpoint {source}: torch.load(weights_only=True) could not read it as plain "
-            f"tensors ({_load_failure(err)}). It may pickle Python objects (never executed here) or be "
-            f"corrupt; re-save it with torch.save(model.state_dict(), path)") from err
+    obj = load_checkpoint(path, source, hint="Re-save it with torch.save(model.state_dict(), path).")
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -172,16 +163,6 @@ def load_state_dict_file(path: Path, source: str) -> dict[str, Tensor]:
         raise CheckpointError(f"checkpoint {source} is not a state_dict (a dict of tensors); "
                               f"save one with torch.save(model.state_dict(), path)")
     return obj
-
-
-def _load_failure(err: Exception) -> str:
-    """The useful line of a ``torch.load`` error: for refused pickles, the refused global."""
-    text = str(err)
-    for line in text.splitlines():
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
-    lines = text.strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 # --------------------------------------------------------------------------- position embeddings
