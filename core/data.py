@@ -27,6 +27,12 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def describe(self) -> str:
+        """The resolved class mapping, one line per class (``0: violin -> string``)."""
+        if hasattr(self.dataset, "describe"):
+            return self.dataset.describe()
+        return "\n".join(f"{i}: {name}" for i, name in enumerate(self.class_names))
+
     def class_map(self) -> dict[str, Any]:
         if hasattr(self.dataset, "class_map"):
             return self.dataset.class_map()

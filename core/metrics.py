@@ -31,9 +31,12 @@ class Scores:
 
 def score(logits: torch.Tensor, target: torch.Tensor, loss: float) -> Scores:
     """Multiclass scores from stacked logits; the decision is argmax (no threshold)."""
-    k = logits.shape[1]
-    pred = logits.argmax(dim=1)
-    kw = dict(num_classes=k, validate_args=False)
+    return score_predictions(logits.argmax(dim=1), target, logits.shape[1], loss)
+
+
+def score_predictions(pred: torch.Tensor, target: torch.Tensor, num_classes: int, loss: float) -> Scores:
+    """Multiclass scores from predicted class indices."""
+    kw = dict(num_classes=num_classes, validate_args=False)
     return Scores(
         loss=float(loss),
         acc=float(multiclass_accuracy(pred, target, average="micro", **kw)),

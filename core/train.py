@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import attrs
 import torch
@@ -28,12 +28,13 @@ from core import checkpoint as ckpt
 from core.data import DataBundle, prepare_data
 from core.errors import UserError
 from core.features import LogMelFrontend, LogMelSet, WaveAugment, build_logmel_cache
-from core.metrics import Scores, plot_confusion, score
+from core.metrics import Scores, plot_confusion, score, score_predictions
 from core.registry import Registry
 from core.tracking import Tracker, flatten, resolve_uri
 from core.waveforms import WaveformSet
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TrainingError(UserError, RuntimeError):
@@ -80,6 +81,16 @@ class Dist:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def main_first(self, fn: Callable[[bool], T]) -> T:
+        """Run ``fn(is_main)`` on rank 0, then on the other ranks once it is done, so work that
+        writes shared files (downloads, renders, caches) happens once and the rest reads it."""
+        if self.main:
+            result = fn(True)
+        self.barrier()
+        if not self.main:
+            result = fn(False)
+        return result
 
 
 @attrs.define
@@ -242,8 +253,7 @@ def train_one_epoch(model: nn.Module, loss_fn: Any, waves: Inputs, batches: list
         seen += n
         preds.append(logits.detach().argmax(1).cpu())
         targets.append(target.cpu())
-    pred, tgt = torch.cat(preds), torch.cat(targets)
-    s = score(F.one_hot(pred, logits.shape[1]).float(), tgt, sums["total"] / seen)
+    s = score_predictions(torch.cat(preds), torch.cat(targets), logits.shape[1], sums["total"] / seen)
     out = {"train_loss": s.loss, "train_acc": s.acc, "train_f1": s.f1}
     out.update({f"train_loss_{k}": v / seen for k, v in sums.items() if k != "total"})
     return out
@@ -306,11 +316,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
                             f"trains without a teacher; use train.loss=ce")
 
     # --- data: rank 0 downloads/renders, the others wait and then read the same files ---------
-    if d.main:
-        data = prepare_data(cfg, registry, prepare=True, progress=progress)
-    d.barrier()
-    if not d.main:
-        data = prepare_data(cfg, registry, prepare=False, progress=False)
+    data = d.main_first(lambda main: prepare_data(cfg, registry, prepare=main, progress=main and progress))
     k = data.num_classes
     if cfg.model.student.num_classes is not None and cfg.model.student.num_classes != k:
         raise TrainingError(
@@ -318,7 +324,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
             f"({', '.join(data.class_names)}); leave num_classes unset to derive it"
         )
     if d.main:
-        print("classes:\n" + data.dataset.describe() if hasattr(data.dataset, "describe") else data.class_names)
+        print("classes:\n" + data.describe())
 
     # --- model ---------------------------------------------------------------------------------
     resume_path = find_resume(cfg)
@@ -327,11 +333,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
         _check_resume_compatible(state, cfg, data)
         run_dir = Path(state["run_dir"])
     model = build_model(cfg, registry, k).to(device)
-    if d.main:  # rank 0 builds the log-mel caches, the others then open them
-        inputs = model_inputs(cfg, model, data)
-    d.barrier()
-    if not d.main:
-        inputs = model_inputs(cfg, model, data)
+    inputs = d.main_first(lambda _: model_inputs(cfg, model, data))  # rank 0 builds the log-mel caches
     if state is None:
         model.frontend.fit_normalization_logmel(_stats_batches(inputs["train"], model.frontend, cfg))
     train_model: nn.Module = model
