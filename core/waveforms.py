@@ -22,12 +22,11 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 import soundfile as sf
@@ -37,6 +36,7 @@ from torch.utils.data import Dataset
 
 from core.errors import UserError
 from core.fsutil import atomic_write_text
+from core.progress import StageProgress
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,8 @@ def _decode_all(items: Sequence[tuple[PathLike, int]], sr: int, clip_samples: in
         kept_labels: list[int] = []
         skipped: list[tuple[str, str]] = []
         results = _map_decode(paths, sr, clip_samples, num_workers, skip_silent)
-        for i, result in enumerate(_with_progress(results, len(paths), progress)):
+        decoding = StageProgress("decoded", noun="audio files", enabled=progress, logger=log)
+        for i, result in enumerate(decoding.track(results, len(paths))):
             if isinstance(result, str):
                 skipped.append((paths[i], result))
                 continue
@@ -393,29 +394,6 @@ def _map_decode(paths: list[str], sr: int, clip_samples: int, num_workers: int,
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def _with_progress(results: Iterable, total: int, progress: bool) -> Iterator:
-    if not progress:
-        yield from results
-        return
-    if sys.stderr.isatty():
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
-
-        columns = (TextColumn("decoding audio"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, transient=True) as bar:
-            task = bar.add_task("decode", total=total)
-            for r in results:
-                yield r
-                bar.advance(task)
-        return
-    # Not a terminal (CI, a log file): a line every ~10% instead of a redrawn bar.
-    step = max(1, total // 10)
-    for i, r in enumerate(results, 1):
-        yield r
-        if i % step == 0 or i == total:
-            log.info("decoded %d/%d audio files", i, total)
 
 
 def _report_skipped(skipped: list[tuple[str, str]], total: int) -> None:

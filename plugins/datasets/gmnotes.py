@@ -104,7 +104,6 @@ import multiprocessing
 import os
 import random
 import struct
-import sys
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -119,6 +118,7 @@ from core.errors import UserError
 from core.registry import Component, hookimpl
 from plugins.datasets.families import FAMILIES, SOURCES, resolve_classes
 from core.fsutil import atomic_write_text
+from core.progress import StageProgress
 from plugins.datasets.layout import SPLITS, DatasetError, NSynthLayoutDataset, split_dir
 
 log = logging.getLogger(__name__)
@@ -1133,39 +1133,6 @@ class RenderStats:
         return self.rendered / self.seconds if self.seconds > 0 else 0.0
 
 
-class _Progress:
-    """Notes rendered: a rich bar when stderr is a terminal, else a log line every 10 s."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.done = 0
-        self._bar: Any = None
-        self._logged_at = time.monotonic()
-
-    def __enter__(self) -> _Progress:
-        if sys.stderr.isatty():
-            from rich.console import Console  # noqa: PLC0415
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,  # noqa: PLC0415
-                                       TimeRemainingColumn)
-            self._bar = Progress(TextColumn("GMNotes rendering"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=Console(stderr=True))
-            self._task = self._bar.add_task("render", total=self.total)
-            self._bar.start()
-        return self
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.done)
-        elif time.monotonic() - self._logged_at >= 10.0:
-            self._logged_at = time.monotonic()
-            log.info("GMNotes: rendered %d of %d notes", self.done, self.total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 # --- the dataset ------------------------------------------------------------------------------
 class GMNotesDataset(NSynthLayoutDataset):
     """NSynth-layout notes rendered from GM SoundFonts; :meth:`prepare` renders what is missing.
@@ -1269,7 +1236,7 @@ class GMNotesDataset(NSynthLayoutDataset):
 
     def _render(self, engine: FluidRenderer | ProcessPoolExecutor, tasks: list[Task], silent_log: Path) -> None:
         started = time.perf_counter()
-        with _Progress(len(tasks)) as progress, open(silent_log, "a", encoding="utf-8") as journal:
+        with StageProgress("GMNotes: rendered", total=len(tasks), noun="notes", logger=log) as progress, open(silent_log, "a", encoding="utf-8") as journal:
             def record(outcomes: list[Outcome]) -> None:
                 for path, status, limited in outcomes:
                     self.stats.rendered += 1
@@ -1278,7 +1245,7 @@ class GMNotesDataset(NSynthLayoutDataset):
                         self.stats.silent += 1
                         journal.write(Path(path).stem + "\n")
                 journal.flush()
-                progress.advance(len(outcomes))
+                progress.update(advance=len(outcomes))
 
             if isinstance(engine, FluidRenderer):
                 for task in tasks:

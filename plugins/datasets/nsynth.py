@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import re
-import sys
 import tarfile
 import tempfile
 import time
@@ -57,14 +56,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
 
 from core.errors import UserError
 from core.registry import Component, hookimpl
 from plugins.datasets.families import FAMILIES, resolve_classes
 from core.fsutil import atomic_write_text
+from core.progress import StageProgress
 from plugins.datasets.layout import (SPLITS, DatasetError, NSynthLayoutDataset,
                                      canonical_split, split_dir)
 
@@ -443,49 +440,6 @@ class _ArchiveBytes:
 
 
 # --- progress display -------------------------------------------------------------------------
-class _Progress:
-    """Bytes read of one archive: a rich bar when stderr is a terminal, else a log line every 15 s."""
-
-    def __init__(self, label: str, enabled: bool) -> None:
-        self.label = label
-        self.enabled = enabled
-        self.total: int | None = None
-        self.kept = 0
-        self._read = 0
-        self._logged_at = time.monotonic()
-        self._bar: Progress | None = None
-
-    def start(self, total: int | None) -> None:
-        self.total = total
-        if self.enabled and sys.stderr.isatty():
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
-            self._task = self._bar.add_task(self.label, total=total, completed=self._read)
-            self._bar.start()
-
-    def read(self, pos: int) -> None:
-        self._read = pos
-        if self._bar is not None:
-            self._bar.update(self._task, completed=pos)
-        elif self.enabled and time.monotonic() - self._logged_at >= _PROGRESS_LOG_EVERY_S:
-            self._logged_at = time.monotonic()
-            log.info("%s", self.line())
-
-    def set_kept(self, kept: int) -> None:
-        self.kept = kept
-        if self._bar is not None:
-            self._bar.update(self._task, description=f"{self.label} (kept {kept / BYTES_PER_MB:.1f} MB)")
-
-    def line(self) -> str:
-        of = f" of {self.total / BYTES_PER_MB:.1f}" if self.total else ""
-        return (f"{self.label}: read {self._read / BYTES_PER_MB:.1f}{of} MB, "
-                f"kept {self.kept / BYTES_PER_MB:.1f} MB")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 # --- one split --------------------------------------------------------------------------------
 def _write_atomic(src: IO[bytes], size: int, dest: Path, what: str) -> None:
     """Copy ``size`` bytes to ``dest`` via a temp file in the same folder + rename."""
@@ -516,7 +470,8 @@ class _SplitFetch:
         self.sdir = split_dir(out_dir, split)
         self.audio = self.sdir / "audio"
         self.part = out_dir / ".partial" / f"nsynth-{split}.jsonwav.tar.gz.part"
-        self.progress = _Progress(f"nsynth-{split}", progress)
+        self.progress = StageProgress(f"nsynth-{split}", unit="bytes", enabled=progress,
+                                      log_every_s=_PROGRESS_LOG_EVERY_S, logger=log)
         self.budget = _ClassBudget(families, record["budget_bytes"])
         self.meta: dict[str, dict[str, Any]] | None = None  # examples.json, requested families only
         self.kept: dict[str, int] = {}  # note_str -> bytes, kept in this pass
@@ -529,7 +484,7 @@ class _SplitFetch:
         for stale in [*self.sdir.glob(".*.part"), *self.audio.glob(".*.part")]:
             stale.unlink()  # temp files of an interrupted run
         try:
-            raw = _ArchiveBytes(self.url, self.part, self.record, self.timeout, self.progress.read)
+            raw = _ArchiveBytes(self.url, self.part, self.record, self.timeout, lambda pos: self.progress.update(pos))
             try:
                 self.progress.start(raw.total)
                 log.info("nsynth-%s: reading %s%s (budget %.1f MB for %s)", self.split, self.url,
@@ -543,7 +498,7 @@ class _SplitFetch:
             self.part.unlink(missing_ok=True)  # a broken prefix cannot be resumed from
             raise
         finally:
-            self.progress.close()
+            self.progress.stop()
             self.record["refused"] = self.refused
             self.state.save()
         self._finish()
@@ -649,7 +604,8 @@ class _SplitFetch:
             files[note] = member.size
             self.state.save(force=False)
         self.kept[note] = member.size
-        self.progress.set_kept(sum(self.budget.kept.values()))
+        kept = sum(self.budget.kept.values())
+        self.progress.update(label=f"nsynth-{self.split} (kept {kept / BYTES_PER_MB:.1f} MB)")
 
     def _drop(self, note: str) -> None:
         size = self.kept.pop(note)
