@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import sys
 import tempfile
 from pathlib import Path
-
-#: Where Debian/Ubuntu/Fedora/Homebrew put SoundFonts; $SOUNDFONT_PATH (colon-separated) is added first.
-SOUNDFONT_DIRS = ("/usr/share/sounds/sf2", "/usr/share/sounds/sf3", "/usr/share/soundfonts",
-                  "/usr/local/share/soundfonts", "/opt/homebrew/share/soundfonts")
-
 
 def _line(ok: bool, label: str, detail: str) -> bool:
     mark = "ok  " if ok else "FAIL"
@@ -37,21 +31,12 @@ def check_audio_io() -> tuple[bool, str]:
         return ok, f"torchaudio.load -> {tuple(wave.shape)} at {sr} Hz via torchcodec {importlib.metadata.version('torchcodec')}"
 
 
-def soundfonts() -> list[Path]:
-    dirs = [d for d in os.environ.get("SOUNDFONT_PATH", "").split(":") if d] + list(SOUNDFONT_DIRS)
-    found = []
-    for d in dirs:
-        p = Path(d)
-        if p.is_dir():
-            found += sorted(f for f in p.iterdir() if f.suffix.lower() in (".sf2", ".sf3") and f.is_file())
-    return found
-
-
 def main() -> int:
     import torch
     import torchaudio
     import torchvision
 
+    from core.soundfonts import installed_soundfonts
     from core.tracking import resolve_uri
 
     ok = True
@@ -64,7 +49,7 @@ def main() -> int:
     _line(True, "torch.cuda.is_available()", detail)
     audio_ok, audio_detail = check_audio_io()
     ok &= _line(audio_ok, "audio load test", audio_detail)
-    fonts = soundfonts()
+    fonts = installed_soundfonts()
     names = {f.name for f in fonts}
     needed = {"FluidR3_GM.sf2", "TimGM6mb.sf2"}
     ok &= _line(needed <= names, "SoundFonts",

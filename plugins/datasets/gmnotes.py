@@ -95,7 +95,6 @@ import contextlib
 import ctypes
 import functools
 import hashlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -119,6 +118,7 @@ from core.registry import Component, hookimpl
 from plugins.datasets.families import FAMILIES, SOURCES, resolve_classes
 from core.fsutil import atomic_write_text
 from core.progress import StageProgress
+from core.soundfonts import soundfont_dirs
 from plugins.datasets.layout import SPLITS, DatasetError, NSynthLayoutDataset, split_dir
 
 log = logging.getLogger(__name__)
@@ -328,20 +328,6 @@ class SoundFontRef:
     @property
     def size(self) -> int:
         return self.path.stat().st_size
-
-
-def soundfont_dirs() -> list[Path]:
-    """Folders searched for a SoundFont given by file name, in order."""
-    dirs = [Path(p) for p in os.environ.get("SOUNDFONT_PATH", "").split(os.pathsep) if p]
-    dirs += [Path(p) for p in ("/usr/share/sounds/sf2", "/usr/share/sounds/sf3", "/usr/share/soundfonts",
-                               "/usr/local/share/soundfonts", "/usr/local/share/sounds/sf2",
-                               "/opt/homebrew/share/soundfonts")]
-    dirs.append(Path.home() / ".local/share/soundfonts")
-    # pretty_midi ships TimGM6mb.sf2 inside its package; find_spec locates it without importing it.
-    spec = importlib.util.find_spec("pretty_midi")
-    if spec is not None and spec.origin:
-        dirs.append(Path(spec.origin).parent)
-    return dirs
 
 
 def find_soundfont(name: str | os.PathLike[str]) -> Path:
