@@ -104,10 +104,17 @@ class StudentConfig:
 @attrs.define
 class TeacherConfig:
     name: Optional[str] = None
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] = None  # hub id, URL or local path; null = the teacher's default weights
     freeze: bool = True
     unfreeze_last_n: int = 0
     options: Dict[str, Any] = {}
+    # The teacher stage (core/teaching.py) trains the head (frozen backbone) or the whole teacher:
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+    ensemble: int = 1  # members trained from seeds seed..seed+ensemble-1; their probabilities averaged
+    seed: int = 0  # fixed apart from train.seed, so every student seed distils the same teacher
+    cache_dir: Optional[str] = None  # trained teachers and their logits; null = <data.root>/.cache/teachers
 
 
 @attrs.define
@@ -160,8 +167,15 @@ class TrackingConfig:
 
 
 @attrs.define
+class CompareConfig:
+    seeds: List[int] = [0, 1, 2]  # train.seed of each student-only / KD pair
+
+
+@attrs.define
 class Config:
     name: str = "default"
+    # what core.run does: train (one run), profile (params/MACs table), compare (student-only vs KD)
+    task: str = "train"
     # profiler plugins whose params/MACs every training run logs (python -m core.list shows them)
     profilers: List[str] = ["thop", "flop_counter"]
     data: DataConfig = DataConfig()
@@ -169,6 +183,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+    compare: CompareConfig = CompareConfig()
 
 
 def register_schema() -> None:
@@ -176,6 +191,7 @@ def register_schema() -> None:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "task": ("train", "profile", "compare"),
     "train.optimizer": ("adamw", "adam", "sgd"),
     "train.scheduler": ("cosine", "none"),
     "train.amp_dtype": ("bf16", "fp16"),
@@ -201,6 +217,22 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigValueError(f"{key}={value!r} must be > 0")
     if cfg.data.max_per_class is not None and cfg.data.max_per_class <= 0:
         raise ConfigValueError(f"data.max_per_class={cfg.data.max_per_class} must be > 0 or null")
+    if cfg.task == "compare" and not cfg.compare.seeds:
+        raise ConfigValueError("compare.seeds is empty: give at least one seed, e.g. compare.seeds=[0,1,2]")
+    if cfg.task == "compare" and not cfg.model.teacher.name:
+        raise ConfigValueError("task=compare trains student-only and KD runs: set model.teacher.name")
+    t = cfg.model.teacher
+    if t.epochs < 0:
+        raise ConfigValueError(f"model.teacher.epochs={t.epochs} must be >= 0")
+    if t.lr <= 0:
+        raise ConfigValueError(f"model.teacher.lr={t.lr} must be > 0")
+    if t.batch_size < 2:
+        raise ConfigValueError(f"model.teacher.batch_size={t.batch_size} must be >= 2 (BatchNorm)")
+    if t.ensemble < 1:
+        raise ConfigValueError(f"model.teacher.ensemble={t.ensemble} must be >= 1")
+    if cfg.model.kd.enabled and not t.name:
+        raise ConfigValueError("model.kd.enabled=true needs a teacher: set model.teacher.name "
+                               "(python -m core.list shows the registered teachers)")
     if not 0.0 <= cfg.model.kd.alpha <= 1.0:
         raise ConfigValueError(f"model.kd.alpha={cfg.model.kd.alpha} must be within [0, 1]")
     if cfg.model.kd.T <= 0:

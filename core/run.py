@@ -16,7 +16,9 @@ from omegaconf import DictConfig
 from core.config import register_schema, validate
 from core.errors import UserError
 from core.registry import load_registry
-from core.train import fit
+from core.compare import run_compare
+from core.profile import run_profile
+from core.train import Result, fit
 
 log = logging.getLogger("core.run")
 
@@ -24,9 +26,14 @@ register_schema()
 
 
 def run(cfg: DictConfig, run_dir: Path):
-    """Validate the composed config, resolve components by name, train; returns the Result."""
+    """Validate the composed config, resolve components by name and run its ``task``: ``train``
+    returns the :class:`~core.train.Result`, ``profile`` the report rows, ``compare`` the summary."""
     validate(cfg)
     registry = load_registry()
+    if cfg.task == "profile":
+        return run_profile(cfg, registry, run_dir)
+    if cfg.task == "compare":
+        return run_compare(cfg, registry, run_dir)
     return fit(cfg, registry, run_dir)
 
 
@@ -37,7 +44,7 @@ def main(cfg: DictConfig) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    if result.metrics:
+    if isinstance(result, Result) and result.metrics:
         m = result.metrics
         print(
             f"\nfinal (best epoch {result.best_epoch}): "

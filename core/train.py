@@ -30,6 +30,7 @@ from core.errors import UserError
 from core.features import LogMelFrontend, LogMelSet, WaveAugment, build_logmel_cache
 from core.metrics import Scores, plot_confusion, score, score_predictions
 from core.registry import Registry
+from core.teaching import prepare_teacher
 from core.tracking import Tracker, flatten, resolve_uri
 from core.waveforms import WaveformSet
 
@@ -52,20 +53,29 @@ class AudioClassifier(nn.Module):
         self.net = net
         self.channels_last = channels_last
 
-    def features(self, wave: torch.Tensor | None = None, *, logmel: torch.Tensor | None = None) -> torch.Tensor:
+    def augment_wave(self, wave: torch.Tensor) -> torch.Tensor:
+        """The waveform augmentation (training mode only; identity when none is on)."""
+        if self.wave_aug is not None and self.training:
+            return self.wave_aug(wave)
+        return wave
+
+    def features(self, wave: torch.Tensor | None = None, *, logmel: torch.Tensor | None = None,
+                 augment: bool = True) -> torch.Tensor:
         """Network input from waveforms ``[B, L]``, or from cached log-mel ``[B, n_mels, T]``
-        (a :class:`~core.features.LogMelSet` batch; only valid with no waveform augmentation)."""
+        (a :class:`~core.features.LogMelSet` batch; only valid with no waveform augmentation).
+        ``augment=False``: ``wave`` was already augmented (online KD shows it to the teacher too)."""
         if logmel is None:
-            if self.wave_aug is not None and self.training:
-                wave = self.wave_aug(wave)
+            if augment:
+                wave = self.augment_wave(wave)
             logmel = self.frontend.log_mel(wave)
         feats = self.frontend.post(logmel)
         if self.channels_last:
             feats = feats.contiguous(memory_format=torch.channels_last)
         return feats
 
-    def forward(self, wave: torch.Tensor | None = None, *, logmel: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(self.features(wave, logmel=logmel))
+    def forward(self, wave: torch.Tensor | None = None, *, logmel: torch.Tensor | None = None,
+                augment: bool = True) -> torch.Tensor:
+        return self.net(self.features(wave, logmel=logmel, augment=augment))
 
 
 @attrs.define
@@ -217,16 +227,30 @@ Inputs = WaveformSet | LogMelSet  # what a split is fed from: cached waveforms o
 
 def train_one_epoch(model: nn.Module, loss_fn: Any, waves: Inputs, batches: list[list[int]],
                     opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler | None,
-                    cfg: DictConfig, device: torch.device, epoch: int) -> dict[str, float]:
+                    cfg: DictConfig, device: torch.device, epoch: int,
+                    teacher: Any = None) -> dict[str, float]:
+    """One pass over ``batches``. ``teacher`` (KD) maps a batch's clip indices to teacher logits:
+    a cached table (offline) or the teacher itself (online, fed the same augmented waveform)."""
     model.train()
+    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     sums: dict[str, float] = {}
     seen, preds, targets = 0, [], []
-    for step, (wave, target) in enumerate(iterate(waves, batches, cfg.train.num_workers, device.type == "cuda")):
-        wave = wave.to(device, non_blocking=True)
+    loader = iterate(waves, batches, cfg.train.num_workers, device.type == "cuda")
+    for step, (idx, (x, target)) in enumerate(zip(batches, loader)):
+        x = x.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
+        inputs: dict[str, Any] = {waves.input_kind: x}
+        teacher_logits = None
+        if teacher is not None and teacher.online and waves.input_kind == "wave":
+            x = base.augment_wave(x)  # teacher and student hear the same augmented clip
+            teacher_logits = teacher(idx, x)
+            inputs = {"wave": x, "augment": False}
+        elif teacher is not None:
+            teacher_logits = teacher(idx)
         with autocast(cfg, device):
-            logits = model(**{waves.input_kind: wave})
-        terms = loss_fn(logits.float(), target)
+            logits = model(**inputs)
+        terms = (loss_fn(logits.float(), target) if teacher_logits is None
+                 else loss_fn(logits.float(), target, teacher_logits))
         loss = terms["total"]
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -299,8 +323,12 @@ def find_resume(cfg: DictConfig) -> Path | None:
     return max(candidates)[1]
 
 
-def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
-    """Train the configured student on the configured dataset; returns the final scores."""
+def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str | None = None) -> Result:
+    """Train the configured student on the configured dataset; returns the final scores.
+
+    Args:
+        parent_run_id: an MLflow run to nest this one under (the comparison's parent run).
+    """
     device_kind = "cuda" if cfg.train.device.startswith("cuda") or (
         cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
     d = setup_distributed(device_kind)
@@ -310,10 +338,8 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
     seed_everything(cfg.train.seed)
     progress = d.main and sys.stderr.isatty()
     # config mistakes surface before any download, render or cache build
-    loss_fn = registry.build("loss", cfg.train.loss)
-    if getattr(loss_fn, "needs_teacher", False):
-        raise TrainingError(f"train.loss={cfg.train.loss} needs teacher logits, and the student stage "
-                            f"trains without a teacher; use train.loss=ce")
+    loss_fn = build_loss(cfg, registry)
+    kd = cfg.model.kd.enabled
 
     # --- data: rank 0 downloads/renders, the others wait and then read the same files ---------
     data = d.main_first(lambda main: prepare_data(cfg, registry, prepare=main, progress=main and progress))
@@ -325,6 +351,13 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
         )
     if d.main:
         print("classes:\n" + data.describe())
+
+    # --- teacher (KD): trained on this task once and cached; rank 0 trains, the others load ----
+    teacher = None
+    if kd:
+        teacher = d.main_first(lambda main: prepare_teacher(cfg, registry, data, device, train=main,
+                                                             log_fn=print if d.main else log.info))
+        seed_everything(cfg.train.seed)  # the student starts exactly as the student-only run does
 
     # --- model ---------------------------------------------------------------------------------
     resume_path = find_resume(cfg)
@@ -368,8 +401,14 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
     tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment, enabled=d.main)
     run_id = tracker.start(run_name=cfg.tracking.run_name or cfg.name, run_id=run_id)
     ckpt_dir = run_dir / "checkpoints"
+    if parent_run_id:
+        tracker.set_tags({"mlflow.parentRunId": parent_run_id})
+    costs = profile_student(cfg, registry, model, data.splits["train"]) if d.main else {}
     if d.main and state is None:
-        _log_run_inputs(tracker, cfg, data, model, run_dir, registry)
+        _log_run_inputs(tracker, cfg, data, model, run_dir, costs)
+        if teacher is not None:
+            _log_teacher(tracker, cfg, teacher)
+    targets = teacher.targets(cfg.model.kd.mode, data.splits["train"], device) if teacher is not None else None
 
     # --- epochs --------------------------------------------------------------------------------
     base_state = {"config": OmegaConf.to_container(cfg, resolve=True), "class_map": data.class_map(),
@@ -380,7 +419,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
             batches = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, d,
                                     cfg.train.max_steps_per_epoch)
             train_metrics = train_one_epoch(train_model, loss_fn, train_set, batches, opt, sched,
-                                            scaler, cfg, device, epoch)
+                                            scaler, cfg, device, epoch, teacher=targets)
             train_time = time.perf_counter() - t0
             val = evaluate(model, inputs["valid"], cfg, device)
             improved = val.f1 > best_f1
@@ -426,6 +465,9 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
         final = {**{f"best_{k}": v for k, v in val.as_metrics("val").items()},
                  **test.as_metrics("test", data.class_names), "best_epoch": best_epoch + 1}
         tracker.log_metrics(final, step=cfg.train.epochs)
+        final.update(costs)
+        if teacher is not None:
+            final.update({**teacher.scores, "teacher_params": sum(p.numel() for p in teacher.module.parameters())})
         _log_confusion(tracker, test, data.class_names, "test (best checkpoint)",
                        run_dir / "plots" / "confusion_test.png")
         tracker.end("FINISHED")
@@ -433,6 +475,37 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path) -> Result:
         dist.destroy_process_group()
     return Result(run_id=run_id, run_dir=run_dir, best_epoch=best_epoch + 1, metrics=final,
                   tracking_uri=tracker.uri, run_url=tracker.run_url())
+
+
+def build_loss(cfg: DictConfig, registry: Registry) -> Any:
+    """The training loss. With ``model.kd.enabled`` it is ``kd`` (or another loss that takes teacher
+    logits, named by ``train.loss``) built with ``model.kd.T`` and ``alpha``; without, a loss that
+    needs a teacher is refused."""
+    name = cfg.train.loss
+    if not cfg.model.kd.enabled:
+        loss_fn = registry.build("loss", name)
+        if getattr(loss_fn, "needs_teacher", False):
+            raise TrainingError(f"train.loss={name} needs teacher logits: set model.kd.enabled=true and "
+                                f"model.teacher.name, or use train.loss=ce")
+        return loss_fn
+    registry.get("teacher", cfg.model.teacher.name)  # an unknown teacher fails now, listing the known ones
+    if name == "ce":
+        name = "kd"
+    loss_fn = registry.build("loss", name, T=cfg.model.kd.T, alpha=cfg.model.kd.alpha)
+    if not getattr(loss_fn, "needs_teacher", False):
+        raise TrainingError(f"model.kd.enabled=true but train.loss={name} does not use teacher logits; "
+                            f"use train.loss=kd (or ce, which becomes kd under KD)")
+    return loss_fn
+
+
+def _log_teacher(tracker: Tracker, cfg: DictConfig, teacher: Any) -> None:
+    """What the KD run learned from: the teacher's identity and its own scores, beside the student's."""
+    t = cfg.model.teacher
+    tracker.log_params({"teacher_key": teacher.key, "teacher_path": str(teacher.path),
+                        "teacher_run_id": teacher.run_id or "",
+                        "teacher_params": sum(p.numel() for p in teacher.module.parameters())})
+    tracker.log_metrics({k: v for k, v in teacher.scores.items() if k.startswith("teacher_")}, step=0)
+    tracker.set_tags({"stage": "kd", "teacher": t.name, "kd_mode": cfg.model.kd.mode})
 
 
 def build_model(cfg: DictConfig, registry: Registry, num_classes: int) -> AudioClassifier:
@@ -474,6 +547,9 @@ def _check_resume_compatible(state: dict[str, Any], cfg: DictConfig, data: DataB
     if state["class_names"] != data.class_names:
         raise TrainingError(f"cannot resume: the checkpoint's classes {state['class_names']} differ from "
                             f"this run's {data.class_names}")
+    if bool(old["model"]["kd"]["enabled"]) != bool(cfg.model.kd.enabled):
+        raise TrainingError(f"cannot resume: the checkpoint was trained with model.kd.enabled="
+                            f"{old['model']['kd']['enabled']}, the config has {cfg.model.kd.enabled}")
     for key in ("arch", "width_mult"):
         if old["model"]["student"][key] != cfg.model.student[key]:
             raise TrainingError(f"cannot resume: checkpoint has model.student.{key}="
@@ -497,7 +573,7 @@ def profile_student(cfg: DictConfig, registry: Registry, model: AudioClassifier,
 
 
 def _log_run_inputs(tracker: Tracker, cfg: DictConfig, data: DataBundle, model: AudioClassifier,
-                    run_dir: Path, registry: Registry) -> None:
+                    run_dir: Path, costs: dict[str, float]) -> None:
     import json
 
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -507,7 +583,7 @@ def _log_run_inputs(tracker: Tracker, cfg: DictConfig, data: DataBundle, model: 
                    "n_test": len(data.splits["test"]),
                    "student_params": sum(p.numel() for p in model.net.parameters())})
     tracker.log_params(params)
-    tracker.log_metrics(profile_student(cfg, registry, model, data.splits["train"]), step=0)
+    tracker.log_metrics(costs, step=0)
     tracker.set_tags({"stage": "student", "dataset": cfg.data.dataset, "student": cfg.model.student.arch})
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

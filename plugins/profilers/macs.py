@@ -21,9 +21,8 @@ every module's training flag, the attention implementation, no thop buffers left
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
 from collections import defaultdict
+import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
@@ -34,10 +33,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.errors import UserError
+from core.profile import TOLERANCE, compare
 from core.registry import Component, hookimpl
-
-#: Largest relative difference between the two tools' MACs that needs no explanation.
-TOLERANCE = 0.15
 
 #: thop registers these buffers on every module while it counts.
 _THOP_BUFFERS = ("total_ops", "total_params")
@@ -396,95 +393,15 @@ class FlopCounterProfiler:
 # cross-check and report
 
 
-def cross_check(model: nn.Module, example_input: ExampleInput, name: str | None = None,
-                tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """Profile ``model`` with both tools; one report row.
+def cross_check(model: nn.Module, example_input: ExampleInput, name: str | None = None) -> dict[str, Any]:
+    """Profile ``model`` with both tools; one report row (:func:`core.profile.compare`).
 
-    ``diff_pct`` is ``(flop_counter - thop) / max(both)`` in percent. Beyond ``tolerance`` the
+    ``diff_pct`` is ``(flop_counter - thop) / max(both)`` in percent. Beyond the tolerance the
     row's notes say where the tools disagree, by module type.
     """
-    by_thop = ThopProfiler().profile(model, example_input)
-    by_fc = FlopCounterProfiler().profile(model, example_input)
-    diff = (by_fc.macs - by_thop.macs) / max(by_thop.macs, by_fc.macs, 1)
-    notes = [*by_thop.notes, *by_fc.notes]
-    within = abs(diff) <= tolerance
-    if not within:
-        notes.append(f"thop and flop_counter differ by {100 * diff:+.1f}% (tolerance "
-                     f"{100 * tolerance:.0f}%): {_explain(model, by_thop, by_fc)}")
-    shape = [list(x.shape) for x in _as_tuple(example_input) if isinstance(x, torch.Tensor)]
-    return {
-        "model": name or type(model).__name__,
-        "input_shape": shape[0] if len(shape) == 1 else shape,
-        "params": by_thop.params,
-        "trainable_params": by_thop.trainable_params,
-        "macs_thop": by_thop.macs,
-        "macs_flop_counter": by_fc.macs,
-        "diff_pct": round(100 * diff, 2),
-        "within_tolerance": within,
-        "notes": notes,
-    }
-
-
-def _explain(model: nn.Module, by_thop: Profile, by_fc: Profile, top: int = 3) -> str:
-    """The module types (thop's units) that account for most of the difference."""
-    diff_by_type: dict[str, int] = defaultdict(int)
-    in_units = 0
-    for name, macs in by_thop.by_module.items():
-        if name == "":
-            continue
-        fc = by_fc.by_module.get(name, 0)
-        in_units += fc
-        diff_by_type[type(model.get_submodule(name)).__name__] += fc - macs
-    # ops that ran in forward code of modules thop does not count as a unit (functional calls)
-    diff_by_type["(functional ops outside thop's units)"] = by_fc.macs - in_units
-    ranked = sorted(((d, t) for t, d in diff_by_type.items() if d), key=lambda x: -abs(x[0]))[:top]
-    return "; ".join(f"{t} {d / 1e6:+.3f} M MACs (flop_counter - thop)" for d, t in ranked)
-
-
-_COLUMNS = [("model", "model"), ("input_shape", "input"), ("params", "params"),
-            ("macs_thop", "MACs thop"), ("macs_flop_counter", "MACs flop_counter"), ("diff_pct", "diff %")]
-
-
-def _cells(row: Mapping[str, Any]) -> list[str]:
-    def cell(key: str) -> str:
-        value = row[key]
-        if key == "input_shape":
-            return "x".join(map(str, value)) if value and isinstance(value[0], int) else str(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return f"{value:,}"
-        if isinstance(value, float):
-            return f"{value:+.2f}"
-        return str(value)
-
-    return [cell(key) for key, _ in _COLUMNS]
-
-
-def format_table(rows: list[Mapping[str, Any]]) -> str:
-    """Plain-text table of :func:`cross_check` rows, for the terminal."""
-    table = [[title for _, title in _COLUMNS], *(_cells(r) for r in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-             for line in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def write_report(rows: list[Mapping[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``macs.json`` (the rows as they are) and ``macs.md`` (a table plus the notes)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "macs.json", out_dir / "macs.md"
-    json_path.write_text(json.dumps(list(rows), indent=2) + "\n")
-    md = ["| " + " | ".join(title for _, title in _COLUMNS) + " |",
-          "|" + "|".join(["---"] + ["---:"] * (len(_COLUMNS) - 1)) + "|"]
-    md += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
-    md.append("")
-    md.append(f"MACs = multiply-accumulates of one forward pass; diff % = (flop_counter - thop) / "
-              f"max(both); tolerance {100 * TOLERANCE:.0f}%.")
-    for r in rows:
-        md += ["", f"**{r['model']}**", *(f"- {note}" for note in r.get("notes", []))]
-    md_path.write_text("\n".join(md) + "\n")
-    return json_path, md_path
+    profiles = {"thop": ThopProfiler().profile(model, example_input),
+                "flop_counter": FlopCounterProfiler().profile(model, example_input)}
+    return compare(model, example_input, profiles, name or type(model).__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -516,4 +433,4 @@ def audiokd_profilers() -> list[Component]:
 
 
 __all__ = ["FlopCounterProfiler", "Profile", "ProfilerError", "TOLERANCE", "ThopProfiler",
-           "attention_classes", "count_params", "cross_check", "format_table", "write_report"]
+           "attention_classes", "count_params", "cross_check"]

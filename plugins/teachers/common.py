@@ -1,9 +1,6 @@
-"""What every teacher plugin shares: the ``Teacher`` module contract, option checks, checkpoint
-files (local, cached download, safe loading), position-embedding fitting, the new head and freezing.
-
-A teacher maps a waveform batch ``[B, L]`` at the data's sample rate to ``[B, K]`` logits through
-its own front end; ``embed`` stops before the head so a later stage can cache embeddings and fit
-only ``head`` while the backbone is frozen.
+"""What the transformer teacher plugins share: option checks, checkpoint files (local, cached
+download, safe loading), position-embedding fitting and freezing. The module contract itself,
+:class:`core.teacher.Teacher`, lives in the core because the teacher stage relies on it.
 """
 
 from __future__ import annotations
@@ -23,45 +20,13 @@ from core.checkpoint import CheckpointError
 from core.checkpoint import load as load_checkpoint
 from core.config import ConfigValueError
 from core.fsutil import atomic_path
-from core.waveforms import fit_length
+from core.teacher import Teacher
 
 Tensor = torch.Tensor
 
 #: ``model.teacher.checkpoint`` value that asks for random initialisation (timing and tests only);
 #: ``null`` means the variant's default weights.
 RANDOM_INIT = "none"
-
-
-class Teacher(nn.Module):
-    """Waveform ``[B, L]`` at ``sample_rate`` -> logits ``[B, num_classes]``.
-
-    Subclasses implement :meth:`embed` (front end + backbone + pooling, ``[B, feature_dim]``),
-    starting with :meth:`fit_clip`: every clip is zero-padded or cropped to ``clip_samples``, so
-    the front end always yields the frame count the position embeddings were fitted to. ``head``
-    is the new ``nn.Linear(feature_dim, num_classes)``.
-    """
-
-    head: nn.Linear
-
-    def __init__(self, sample_rate: int, clip_samples: int, feature_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.sample_rate = sample_rate
-        self.clip_samples = clip_samples
-        self.feature_dim = feature_dim
-        self.head = new_head(feature_dim, num_classes)
-
-    def fit_clip(self, wave: Tensor) -> Tensor:
-        if wave.ndim != 2 or not wave.is_floating_point():
-            raise ValueError(f"{type(self).__name__} expects a float waveform batch [B, L], "
-                             f"got {tuple(wave.shape)} {wave.dtype}")
-        return fit_length(wave, self.clip_samples)
-
-    def embed(self, wave: Tensor) -> Tensor:
-        """Pooled embedding ``[B, feature_dim]``, the head's input."""
-        raise NotImplementedError(f"{type(self).__name__} must implement embed")
-
-    def forward(self, wave: Tensor) -> Tensor:
-        return self.head(self.embed(wave))
 
 
 # --------------------------------------------------------------------------- options
@@ -187,12 +152,6 @@ def fit_time_positions(grid: Tensor, size: int, crop: Literal["center", "start"]
 # --------------------------------------------------------------------------- head and freezing
 
 
-def new_head(feature_dim: int, num_classes: int) -> nn.Linear:
-    if feature_dim <= 0:
-        raise ConfigValueError(f"teacher feature dimension must be > 0, got {feature_dim}")
-    return nn.Linear(feature_dim, num_classes)
-
-
 def set_trainable(teacher: Teacher, blocks: Sequence[nn.Module], final_norms: Sequence[nn.Module],
                   freeze: bool, unfreeze_last_n: int, name: str) -> None:
     """``freeze=False``: everything trains. ``freeze=True``: only ``teacher.head`` trains, plus
@@ -227,7 +186,6 @@ __all__ = [
     "fit_time_positions",
     "is_url",
     "load_state_dict_file",
-    "new_head",
     "parse_options",
     "pick_checkpoint",
     "resolve_weights_file",

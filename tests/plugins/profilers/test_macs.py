@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from plugins.profilers import macs
-from plugins.profilers.macs import (TOLERANCE, FlopCounterProfiler, ProfilerError, ThopProfiler, cross_check,
-                                    format_table, write_report)
+from core.profile import TOLERANCE, format_table, write_report
+from plugins.profilers.macs import FlopCounterProfiler, ProfilerError, ThopProfiler, cross_check
 from plugins.students.mobilenet import build_mobilenet
 
 STUDENT_INPUT = (1, 1, 128, 401)  # 4 s at hop 160, 128 mels
