@@ -21,10 +21,8 @@ import sys
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
-from core.config import register_schema, validate
+from benchmarks import bench_config
 from core.data import prepare_data
 from core.registry import load_registry
 from core.teaching import prepare_teacher
@@ -33,20 +31,10 @@ from core.train import (
     seed_everything, train_one_epoch,
 )
 
-CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
-
 
 def main(argv: list[str]) -> int:
-    register_schema()
-    overrides = ["experiment=kd_gmnotes", *argv]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    validate(cfg)
     steps, rounds = 8, 3
-    with open_dict(cfg):
-        cfg.train.max_steps_per_epoch = steps
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    cfg, overrides = bench_config("kd_gmnotes", argv, steps)
     registry = load_registry()
     device = torch.device("cpu")
     data = prepare_data(cfg, registry, progress=sys.stderr.isatty())

@@ -19,10 +19,8 @@ import sys
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
-from core.config import register_schema, validate
+from benchmarks import bench_config
 from core.data import prepare_data
 from core.registry import load_registry
 from core.train import (
@@ -30,20 +28,10 @@ from core.train import (
     seed_everything, train_one_epoch,
 )
 
-CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
-
 
 def main(argv: list[str]) -> int:
-    register_schema()
-    overrides = ["experiment=demo", *argv]
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    validate(cfg)
     steps, rounds = 8, 3
-    with open_dict(cfg):
-        cfg.train.max_steps_per_epoch = steps
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    cfg, overrides = bench_config("demo", argv, steps)
     seed_everything(cfg.train.seed)
     registry = load_registry()
     data = prepare_data(cfg, registry, progress=sys.stderr.isatty())

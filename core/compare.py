@@ -55,7 +55,8 @@ def format_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | N
     if teacher:
         cells = [f"teacher {teacher['name']}", "1", f"{teacher['teacher_val_acc']:.3f}",
                  f"{teacher['teacher_val_f1']:.3f}", f"{teacher['teacher_test_acc']:.3f}",
-                 f"{teacher['teacher_test_f1']:.3f}", f"{teacher['params'] / 1e6:.3f} M", "-"]
+                 f"{teacher['teacher_test_f1']:.3f}", f"{teacher['params'] / 1e6:.3f} M",
+                 f"{teacher['macs'] / 1e6:.1f} M" if teacher.get("macs") else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -111,7 +112,9 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
                              **{k: m[k] for k, _ in METRICS}, "params": m["student_params"],
                              "macs": m.get(f"student_macs_{cfg.profilers[0]}", 0) if cfg.profilers else 0})
                 if kd and teacher is None:
+                    macs_key = f"teacher_macs_{cfg.profilers[0]}" if cfg.profilers else ""
                     teacher = {"name": cfg.model.teacher.name, "params": m["teacher_params"],
+                               "macs": m.get(macs_key),
                                **{k: m[k] for k in ("teacher_val_acc", "teacher_val_f1",
                                                     "teacher_test_acc", "teacher_test_f1")}}
         summary = summarize(runs)

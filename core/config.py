@@ -114,6 +114,9 @@ class TeacherConfig:
     batch_size: int = 32
     ensemble: int = 1  # members trained from seeds seed..seed+ensemble-1; their probabilities averaged
     seed: int = 0  # fixed apart from train.seed, so every student seed distils the same teacher
+    # With ensemble >= 2: member m trains without fold m of the training instruments, and each
+    # training clip's KD target comes from the member that never heard its instrument.
+    cross_fit: bool = False
     cache_dir: Optional[str] = None  # trained teachers and their logits; null = <data.root>/.cache/teachers
 
 
@@ -230,6 +233,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigValueError(f"model.teacher.batch_size={t.batch_size} must be >= 2 (BatchNorm)")
     if t.ensemble < 1:
         raise ConfigValueError(f"model.teacher.ensemble={t.ensemble} must be >= 1")
+    if t.cross_fit and t.ensemble < 2:
+        raise ConfigValueError(f"model.teacher.cross_fit=true needs model.teacher.ensemble >= 2 (one member "
+                               f"per fold), got ensemble={t.ensemble}")
+    if t.cross_fit and cfg.model.kd.mode == "online":
+        raise ConfigValueError("model.teacher.cross_fit=true gives each training clip the logits of the member "
+                               "that did not train on it, which is an offline table: use model.kd.mode=offline")
     if cfg.model.kd.enabled and not t.name:
         raise ConfigValueError("model.kd.enabled=true needs a teacher: set model.teacher.name "
                                "(python -m core.list shows the registered teachers)")

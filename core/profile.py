@@ -22,11 +22,11 @@ from torch import nn
 from core.data import build_dataset
 from core.features import LogMelFrontend
 from core.registry import Registry
+from core.teacher import RANDOM_INIT  # MACs do not depend on the weights: none are loaded
 from core.tracking import Tracker, flatten, resolve_uri
 
 #: Largest relative difference between two tools' MACs that needs no explanation.
 TOLERANCE = 0.15
-RANDOM_INIT = "none"  # the teachers' checkpoint value for random weights: MACs do not depend on them
 
 
 def compare(model: nn.Module, example: Any, profiles: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -19,6 +19,10 @@ from core.waveforms import fit_length
 
 Tensor = torch.Tensor
 
+#: ``model.teacher.checkpoint`` value that asks for random initialisation (timing, profiling, tests);
+#: ``null`` means the teacher's default weights.
+RANDOM_INIT = "none"
+
 
 class Teacher(nn.Module):
     """Waveform ``[B, L]`` at ``sample_rate`` -> logits ``[B, num_classes]``.
@@ -90,4 +94,4 @@ class TeacherEnsemble(nn.Module):
         return torch.logsumexp(logp, dim=0) - torch.log(torch.tensor(float(len(self.members))))
 
 
-__all__ = ["Teacher", "TeacherEnsemble"]
+__all__ = ["RANDOM_INIT", "Teacher", "TeacherEnsemble"]

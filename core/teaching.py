@@ -97,11 +97,11 @@ class OnlineTargets:
     def __init__(self, module: nn.Module, train_waves: Any, device: torch.device) -> None:
         self.module, self.waves, self.device = module, train_waves, device
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors may not enter the student's autograd graph
     def __call__(self, indices: list[int], wave: torch.Tensor | None = None) -> torch.Tensor:
         if wave is None:
             wave = self.waves.batch(indices)[0].to(self.device)
-        return self.module(wave).float().clone()  # clone: leave inference mode for autograd's sake
+        return self.module(wave).float()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def teacher_spec(cfg: DictConfig, data: Any) -> dict[str, Any]:
         "options": teacher_options(cfg, cfg.data.clip_seconds),
         "sample_rate": int(cfg.aug.sr),
         "epochs": int(t.epochs), "lr": float(t.lr), "batch_size": int(t.batch_size),
-        "ensemble": int(t.ensemble), "seed": int(t.seed),
+        "ensemble": int(t.ensemble), "seed": int(t.seed), "cross_fit": bool(t.cross_fit),
         "class_names": list(data.class_names),
         "clips": {split: Path(w.npy_path).name for split, w in data.splits.items()},
     }
@@ -214,7 +214,7 @@ def prepare_teacher(cfg: DictConfig, registry: Registry, data: Any, device: torc
     elif not train:
         raise TeacherError(f"teacher {t.name}: no trained teacher at {path} (rank 0 should have made it)")
     else:
-        run_id = _train_and_store(cfg, ensemble, spec, key, folder, data, device, log_fn)
+        run_id = _train_and_store(cfg, registry, ensemble, spec, key, folder, data, device, log_fn)
         stored = ckpt.load(path)
         scores = dict(stored["scores"])
 
@@ -225,10 +225,17 @@ def prepare_teacher(cfg: DictConfig, registry: Registry, data: Any, device: torc
             f"({', '.join(data.class_names)}), and distilling from a random head teaches noise. "
             f"Let the teacher stage fit it (model.teacher.epochs > 0; it is {t.epochs}) or point "
             f"model.teacher.checkpoint at a teacher trained on these classes")
-    logits = {split: teacher_logits(ensemble, waves, device, folder, cfg.train.eval_batch_size or 64)
-              for split, waves in data.splits.items()}
+    bs = cfg.train.eval_batch_size or 64
+    logits = {split: teacher_logits(ensemble, waves, device, folder, bs) for split, waves in data.splits.items()
+              if not (split == "train" and t.cross_fit)}
+    if t.cross_fit:
+        logits["train"] = out_of_fold_logits(ensemble, data.splits["train"], stored["folds"], device, folder, bs)
     if not scores:  # a stored teacher trained without the stage's scores (e.g. epochs=0 + checkpoint)
         scores = _scores_from_logits(logits, data)
+    # How the teacher does on the clips it teaches from: near 1.0 means its soft targets mostly
+    # restate the labels (it trained on them); cross-fitted targets show its behaviour on unseen
+    # instruments instead.
+    scores["teacher_train_acc"] = _score_array(logits["train"], data.splits["train"].labels).acc
     return PreparedTeacher(module=ensemble, name=t.name, key=key, path=path, scores=scores,
                            logits=logits, run_id=run_id)
 
@@ -256,8 +263,9 @@ def _score_array(logits: np.ndarray, labels: np.ndarray) -> Scores:
     return score(lt, yt, F.cross_entropy(lt, yt).item())
 
 
-def _train_and_store(cfg: DictConfig, ensemble: TeacherEnsemble, spec: dict[str, Any], key: str, folder: Path,
-                     data: Any, device: torch.device, log_fn: Callable[[str], None]) -> str | None:
+def _train_and_store(cfg: DictConfig, registry: Registry, ensemble: TeacherEnsemble, spec: dict[str, Any],
+                     key: str, folder: Path, data: Any, device: torch.device,
+                     log_fn: Callable[[str], None]) -> str | None:
     """Train every member, score the ensemble, store ``teacher.pt``, log a teacher MLflow run."""
     from core import train as loop  # the loop's pieces (a module import: core.train imports this one)
 
@@ -268,6 +276,7 @@ def _train_and_store(cfg: DictConfig, ensemble: TeacherEnsemble, spec: dict[str,
     tracker.log_params({**flatten({"teacher": {k: v for k, v in spec.items() if k != "clips"}}),
                         **{f"teacher.clips.{s}": n for s, n in spec["clips"].items()}})
     started = time.perf_counter()
+    folds = instrument_folds(data.splits["train"].paths, len(ensemble.members), int(t.seed))
     try:
         for m, member in enumerate(ensemble.members):
             loop.seed_everything(int(t.seed) + m)
@@ -276,7 +285,8 @@ def _train_and_store(cfg: DictConfig, ensemble: TeacherEnsemble, spec: dict[str,
                 member.prepare(data.splits["train"])
             if int(t.epochs) > 0:
                 fit = _fit_head_on_embeddings if _head_only(member) else _finetune
-                fit(cfg, member, data, device, folder, spec, m, tracker, log_fn, loop)
+                keep = np.flatnonzero(folds != m) if t.cross_fit else np.arange(len(folds))
+                fit(cfg, member, data, keep, device, folder, spec, m, tracker, log_fn, loop)
                 member.head_trained.fill_(True)
         ensemble.to(device).eval()
         logits = {split: teacher_logits(ensemble, data.splits[split], device, folder,
@@ -288,9 +298,11 @@ def _train_and_store(cfg: DictConfig, ensemble: TeacherEnsemble, spec: dict[str,
                     s = _score_array(_run_logits(member, data.splits[split], device, 64), data.splits[split].labels)
                     scores.update({f"teacher_m{m}_{prefix}_acc": s.acc, f"teacher_m{m}_{prefix}_f1": s.f1})
         scores["teacher_train_time_s"] = time.perf_counter() - started
+        scores.update(_costs(cfg, registry, ensemble, data.splits["train"].clip_samples, device))
         tracker.log_metrics({k.removeprefix("teacher_"): v for k, v in scores.items()}, step=max(1, int(t.epochs)))
         state = {"state_dict": ensemble.state_dict(), "spec": spec, "scores": scores, "run_id": run_id,
-                 "class_names": list(data.class_names), "members": len(ensemble.members)}
+                 "class_names": list(data.class_names), "members": len(ensemble.members),
+                 "folds": torch.from_numpy(folds)}
         folder.mkdir(parents=True, exist_ok=True)
         ckpt.save(state, folder / "teacher.pt")
         (folder / "spec.json").write_text(json.dumps(spec, indent=2, default=str))
@@ -306,14 +318,29 @@ def _train_and_store(cfg: DictConfig, ensemble: TeacherEnsemble, spec: dict[str,
     return run_id
 
 
+def _costs(cfg: DictConfig, registry: Registry, teacher: nn.Module, clip_samples: int,
+           device: torch.device) -> dict[str, float]:
+    """Params and per-clip MACs of the whole teacher (every member, front end included) from each
+    profiler in ``cfg.profilers``; a profiler that cannot count this teacher is skipped with a warning."""
+    out: dict[str, float] = {"teacher_params": sum(p.numel() for p in teacher.parameters())}
+    example = torch.zeros(1, clip_samples, device=device)
+    for tool in cfg.profilers:
+        try:
+            out[f"teacher_macs_{tool}"] = registry.build("profiler", tool).profile(teacher, example).macs
+        except Exception as err:  # noqa: BLE001 - third-party teachers may defeat a counter
+            log.warning("profiler %s could not count teacher %s: %s", tool, cfg.model.teacher.name, err)
+    return out
+
+
 def _head_only(member: nn.Module) -> bool:
     return isinstance(member, Teacher) and member.head_only()
 
 
-def _finetune(cfg: DictConfig, member: nn.Module, data: Any, device: torch.device, folder: Path,
-              spec: dict[str, Any], m: int, tracker: Tracker, log_fn: Callable[[str], None], loop: Any) -> None:
-    """Train the member's trainable parameters with the usual loop (CE, cosine schedule), keeping
-    the epoch with the best validation macro-F1."""
+def _finetune(cfg: DictConfig, member: nn.Module, data: Any, keep: np.ndarray, device: torch.device,
+              folder: Path, spec: dict[str, Any], m: int, tracker: Tracker, log_fn: Callable[[str], None],
+              loop: Any) -> None:
+    """Train the member's trainable parameters with the usual loop (CE, cosine schedule) on the
+    training clips ``keep``, keeping the epoch with the best validation macro-F1."""
     t = cfg.model.teacher
     tcfg = copy.deepcopy(cfg)
     tcfg.train.batch_size, tcfg.train.lr, tcfg.train.epochs = int(t.batch_size), float(t.lr), int(t.epochs)
@@ -323,15 +350,19 @@ def _finetune(cfg: DictConfig, member: nn.Module, data: Any, device: torch.devic
         raise TeacherError(f"teacher {t.name}: nothing to train (every parameter is frozen)")
     train = data.splits["train"]
     d = loop.Dist()
-    steps = len(loop.epoch_batches(len(train), int(t.batch_size), int(t.seed) + m, 0, d, cfg.train.max_steps_per_epoch))
+    def batches_for(epoch: int) -> list[list[int]]:
+        order = loop.epoch_batches(len(keep), int(t.batch_size), int(t.seed) + m, epoch, d,
+                                   cfg.train.max_steps_per_epoch)
+        return [keep[b].tolist() for b in order]
+
+    steps = len(batches_for(0))
     opt = loop.build_optimizer(tcfg, params)
     sched = loop.build_scheduler(tcfg, opt, steps * int(t.epochs))
     ce = lambda logits, target, *_: {"total": F.cross_entropy(logits, target)}  # noqa: E731
     best_f1, best_state = -1.0, None
     for epoch in range(int(t.epochs)):
         t0 = time.perf_counter()
-        batches = loop.epoch_batches(len(train), int(t.batch_size), int(t.seed) + m, epoch, d,
-                                     cfg.train.max_steps_per_epoch)
+        batches = batches_for(epoch)
         metrics = loop.train_one_epoch(member, ce, train, batches, opt, sched, None, tcfg, device, epoch)
         val = loop.evaluate(member, data.splits["valid"], tcfg, device)
         if val.f1 > best_f1:
@@ -344,17 +375,17 @@ def _finetune(cfg: DictConfig, member: nn.Module, data: Any, device: torch.devic
     member.load_state_dict(best_state)
 
 
-def _fit_head_on_embeddings(cfg: DictConfig, member: Teacher, data: Any, device: torch.device, folder: Path,
-                            spec: dict[str, Any], m: int, tracker: Tracker, log_fn: Callable[[str], None],
-                            loop: Any) -> None:
+def _fit_head_on_embeddings(cfg: DictConfig, member: Teacher, data: Any, keep: np.ndarray, device: torch.device,
+                            folder: Path, spec: dict[str, Any], m: int, tracker: Tracker,
+                            log_fn: Callable[[str], None], loop: Any) -> None:
     """Frozen backbone: embed every clip once (cached), then fit only ``head`` on the embeddings."""
     t = cfg.model.teacher
     # The embeddings depend on the backbone and its input only, not on how the head is trained.
     backbone = {k: v for k, v in spec.items() if k not in ("epochs", "lr", "batch_size", "ensemble", "seed")}
     emb = {split: embeddings(member, data.splits[split], device, folder.parent, _digest(backbone))
            for split in ("train", "valid")}
-    x_train = torch.from_numpy(emb["train"]).to(device)
-    y_train = torch.from_numpy(data.splits["train"].labels).to(device)
+    x_train = torch.from_numpy(emb["train"][keep]).to(device)
+    y_train = torch.from_numpy(data.splits["train"].labels[keep]).to(device)
     x_val = torch.from_numpy(emb["valid"]).to(device)
     y_val = torch.from_numpy(data.splits["valid"].labels)
     head = member.head
@@ -425,6 +456,30 @@ def teacher_logits(module: nn.Module, waves: Any, device: torch.device, folder: 
     ident = f"{weights_digest(module)}|{_structure(module)}|{Path(waves.npy_path).name}"
     path = folder / f"logits-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.npy"
     return _cached_array(path, len(waves), lambda: _run_logits(module, waves, device, batch_size))
+
+
+def instrument_folds(paths: list[str], folds: int, seed: int) -> np.ndarray:
+    """A fold index per clip, whole instruments per fold (seeded). Clips follow NSynth's naming,
+    ``<instrument>-<pitch>-<velocity>.wav`` (GMNotes too), so the instrument is the name without
+    its last two fields; a name without them is its own group."""
+    groups = [Path(p).stem.rsplit("-", 2)[0] for p in paths]
+    names = sorted(set(groups))
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    fold_of = {names[i]: k % folds for k, i in enumerate(order)}
+    return np.array([fold_of[g] for g in groups], dtype=np.int64)
+
+
+def out_of_fold_logits(ensemble: TeacherEnsemble, waves: Any, folds: Any, device: torch.device, folder: Path,
+                       batch_size: int = 64) -> np.ndarray:
+    """Each clip's logits from the member trained without its fold (member m held out fold m)."""
+    folds = np.asarray(folds)
+    out = None
+    for m, member in enumerate(ensemble.members):
+        rows = np.flatnonzero(folds == m)
+        mine = teacher_logits(member, waves, device, folder, batch_size)
+        out = np.empty_like(mine) if out is None else out
+        out[rows] = mine[rows]
+    return out
 
 
 def embeddings(member: Teacher, waves: Any, device: torch.device, folder: Path, backbone_key: str,

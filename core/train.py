@@ -8,6 +8,7 @@ Runs unchanged under ``torchrun`` (DDP): every rank trains its shard, rank 0 log
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import os
@@ -123,7 +124,10 @@ def setup_distributed(device_kind: str) -> Dist:
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        # Rank 0 may prepare data and train the teacher (minutes to an hour on a big set) while the
+        # other ranks wait at a barrier; the default 30-minute collective timeout would kill them.
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=4))
     return Dist(rank=dist.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -467,7 +471,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
         tracker.log_metrics(final, step=cfg.train.epochs)
         final.update(costs)
         if teacher is not None:
-            final.update({**teacher.scores, "teacher_params": sum(p.numel() for p in teacher.module.parameters())})
+            final.update({"teacher_params": sum(p.numel() for p in teacher.module.parameters()), **teacher.scores})
         _log_confusion(tracker, test, data.class_names, "test (best checkpoint)",
                        run_dir / "plots" / "confusion_test.png")
         tracker.end("FINISHED")

@@ -21,12 +21,13 @@ from core.features import LogMelFrontend
 from core.registry import Component, hookimpl
 from core.teacher import Teacher
 from plugins.students.mobilenet import build_mobilenet
-from plugins.teachers.common import load_state_dict_file, pick_checkpoint, resolve_weights_file, set_trainable
+from plugins.teachers.common import (load_state_dict_file, parse_options, pick_checkpoint, resolve_weights_file,
+                                     set_trainable)
 
 Tensor = torch.Tensor
 
-OPTION_DEFAULTS: dict[str, Any] = {"width_mult": 1.0, "clip_seconds": 4.0, "bn_momentum": 0.1, "dropout": 0.2,
-                                   "n_mels": 128, "hop_ms": 10.0}
+OPTION_DEFAULTS: dict[str, float] = {"width_mult": 1.0, "clip_seconds": 4.0, "bn_momentum": 0.1, "dropout": 0.2,
+                                     "n_mels": 128, "hop_ms": 10.0}
 
 
 class CNNTeacher(Teacher):
@@ -58,19 +59,6 @@ class CNNTeacher(Teacher):
         return self.net(feats)
 
 
-def _options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
-    if unknown:
-        valid = ", ".join(f"{k} (default {v})" for k, v in OPTION_DEFAULTS.items())
-        raise ConfigValueError(f"unknown model.teacher.options key(s) for teacher {name}: {', '.join(unknown)}; "
-                               f"valid: {valid}")
-    merged = {**OPTION_DEFAULTS, **options}
-    for key, value in merged.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigValueError(f"model.teacher.options.{key}={value!r} for teacher {name} must be a number > 0")
-    return merged
-
-
 def build_cnn(arch: str, num_classes: int, checkpoint: str | None = None, freeze: bool = True,
               unfreeze_last_n: int = 0, sample_rate: int = 16000, **options: Any) -> CNNTeacher:
     """A MobileNet teacher for ``clip_seconds`` clips at ``sample_rate``.
@@ -84,7 +72,7 @@ def build_cnn(arch: str, num_classes: int, checkpoint: str | None = None, freeze
         options: ``width_mult``, ``clip_seconds``, ``bn_momentum``, ``dropout``, ``n_mels``, ``hop_ms``.
     """
     name = arch
-    opts = _options(name, options)
+    opts = parse_options(name, options, OPTION_DEFAULTS)
     checkpoint = pick_checkpoint(checkpoint, None)
     if checkpoint is None and freeze:
         raise ConfigValueError(

@@ -20,13 +20,10 @@ from core.checkpoint import CheckpointError
 from core.checkpoint import load as load_checkpoint
 from core.config import ConfigValueError
 from core.fsutil import atomic_path
-from core.teacher import Teacher
+from core.teacher import RANDOM_INIT, Teacher
 
 Tensor = torch.Tensor
 
-#: ``model.teacher.checkpoint`` value that asks for random initialisation (timing and tests only);
-#: ``null`` means the variant's default weights.
-RANDOM_INIT = "none"
 
 
 # --------------------------------------------------------------------------- options

@@ -16,15 +16,6 @@ CNN_TEACHER = ("model.teacher.name=mobilenet_v3_small", "model.teacher.freeze=fa
                "+model.teacher.options.width_mult=0.35")
 
 
-@pytest.fixture
-def tiny(compose, data_root, tmp_path):
-    def make(*overrides: str):
-        return compose("experiment=tiny", f"data.root={data_root}", f"train.out_dir={tmp_path / 'outputs'}",
-                       f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                       f"model.teacher.cache_dir={tmp_path / 'teachers'}", *overrides)
-    return make
-
-
 def test_compare_trains_both_arms_per_seed_and_reports_mean_and_std(tiny, tmp_path):
     cfg = tiny("task=compare", "compare.seeds=[0,1]", "train.epochs=1", *CNN_TEACHER)
     out = run(cfg, tmp_path / "outputs" / "cmp")

@@ -43,15 +43,6 @@ THIRD_PARTY_TEACHER = """
 """
 
 
-@pytest.fixture
-def tiny(compose, data_root, tmp_path):
-    def make(*overrides: str):
-        return compose("experiment=tiny", f"data.root={data_root}", f"train.out_dir={tmp_path / 'outputs'}",
-                       f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                       f"model.teacher.cache_dir={tmp_path / 'teachers'}", *overrides)
-    return make
-
-
 def runs_by_stage(uri: str, stage: str):
     client = MlflowClient(uri)
     exps = [e.experiment_id for e in client.search_experiments()]
@@ -73,7 +64,10 @@ def test_kd_run_trains_a_teacher_then_distils_and_logs_both(tiny, tmp_path):
         assert [x.step for x in client.get_metric_history(result.run_id, name)] == [1, 2], name
     # KD total = alpha * kd + (1 - alpha) * ce, epoch means included
     assert m["train_loss"] == pytest.approx(0.6 * m["train_loss_kd"] + 0.4 * m["train_loss_ce"], rel=1e-4)
-    assert {"teacher_val_acc", "teacher_val_f1", "teacher_test_acc", "teacher_test_f1"} <= set(m)
+    assert {"teacher_val_acc", "teacher_val_f1", "teacher_test_acc", "teacher_test_f1", "teacher_train_acc"} <= set(m)
+    # the teacher's cost counts every member: two nets of the student's own shape here
+    assert m["teacher_macs_thop"] == pytest.approx(2 * m["student_macs_thop"], rel=0.02)
+    assert m["teacher_params"] == pytest.approx(2 * m["student_params"], rel=0.02)
 
     (teacher_run,) = runs_by_stage(cfg.tracking.uri, "teacher")
     assert teacher_run.info.run_id == p["teacher_run_id"] and teacher_run.info.status == "FINISHED"
@@ -213,3 +207,43 @@ def test_bad_kd_settings_stop_with_a_clear_message(tiny, tmp_path, overrides, er
     for w in words:
         assert w.lower() in str(err.value).lower(), (w, str(err.value))
     assert not list((tmp_path / "outputs").glob("**/last.pt"))
+
+
+def test_cross_fitted_teacher_gives_each_clip_the_logits_of_a_member_that_never_heard_it(tiny, tmp_path, monkeypatch):
+    from core.data import prepare_data
+    from core.teaching import instrument_folds, teacher_logits as real_logits
+
+    trained_on = []
+    real_finetune = core.teaching._finetune
+
+    def spy(cfg, member, data, keep, *args):
+        trained_on.append(set(keep.tolist()))
+        return real_finetune(cfg, member, data, keep, *args)
+
+    monkeypatch.setattr(core.teaching, "_finetune", spy)
+    cfg = tiny(*CNN_TEACHER, "model.teacher.cross_fit=true")
+    registry = load_registry()
+    data = prepare_data(cfg, registry, progress=False)
+    teacher = prepare_teacher(cfg, registry, data, torch.device("cpu"), log_fn=lambda _: None)
+    paths = data.splits["train"].paths
+    folds = instrument_folds(paths, 2, 0)
+    instrument = [p.rsplit("/", 1)[-1].rsplit("-", 2)[0] for p in paths]
+    for m in range(2):
+        held_out = set(np.flatnonzero(folds == m).tolist())
+        assert held_out and trained_on[m] == set(range(len(paths))) - held_out
+        # whole instruments per fold
+        assert not {instrument[i] for i in held_out} & {instrument[i] for i in trained_on[m]}
+        mine = real_logits(teacher.module.members[m], data.splits["train"], torch.device("cpu"), tmp_path / "x")
+        assert np.allclose(teacher.logits["train"][sorted(held_out)], mine[sorted(held_out)])
+    assert 0.0 <= teacher.scores["teacher_train_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (("model.teacher.cross_fit=true", "model.teacher.ensemble=1"), ["ensemble >= 2"]),
+    (("model.teacher.cross_fit=true", "model.teacher.ensemble=2", "model.kd.mode=online"), ["offline"]),
+])
+def test_cross_fit_settings_are_checked(tiny, tmp_path, overrides, words):
+    with pytest.raises(ConfigValueError) as err:
+        run(tiny(*CNN_TEACHER[:1], "model.teacher.name=mobilenet_v3_small", *overrides), tmp_path / "bad")
+    for w in words:
+        assert w in str(err.value)

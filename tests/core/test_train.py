@@ -18,14 +18,6 @@ from tests.core.test_registry import THIRD_PARTY_STUDENT
 EPOCH_METRICS = {"train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1"}
 
 
-@pytest.fixture
-def tiny(compose, data_root, tmp_path):
-    def make(*overrides: str):
-        return compose("experiment=tiny", f"data.root={data_root}", f"train.out_dir={tmp_path / 'outputs'}",
-                       f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides)
-    return make
-
-
 def run_dir(tmp_path: Path, name: str = "r") -> Path:
     return tmp_path / "outputs" / name
 
