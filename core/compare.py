@@ -49,7 +49,8 @@ def format_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | N
     names = {"student": "student only", "kd": "student + KD"}
     for arm, row in summary.items():
         cells = [names[arm], str(row["n"])]
-        cells += [f"{row[f'{k}_mean']:.3f} ± {row[f'{k}_std']:.3f}" for k, _ in METRICS]
+        cells += [f"{row[f'{k}_mean']:.3f} ± {row[f'{k}_std']:.3f}" if row["n"] > 1 else f"{row[f'{k}_mean']:.3f}"
+                  for k, _ in METRICS]
         cells += [f"{row['params'] / 1e6:.3f} M", f"{row['macs'] / 1e6:.1f} M"]
         lines.append("| " + " | ".join(cells) + " |")
     if teacher:

@@ -49,6 +49,8 @@ def test_summary_table_numbers():
     assert s["student"]["test_acc_mean"] == pytest.approx(0.5)
     assert s["student"]["test_acc_std"] == pytest.approx(statistics.stdev([0.4, 0.6]))
     assert "0.500 ± 0.141" in format_table(s, None) and "1.000 M" in format_table(s, None)
+    one = summarize(runs[:1])
+    assert "| 0.400 |" in format_table(one, None) and "±" not in format_table(one, None)  # no std of one run
 
 
 def test_profile_reports_student_and_teacher_without_data(compose, tmp_path):

@@ -172,11 +172,13 @@ def test_frozen_transformer_fits_its_head_on_cached_embeddings(tiny, tmp_path, m
     from core.data import prepare_data
 
     n = {s: len(w) for s, w in prepare_data(cfg, load_registry(), progress=False).splits.items()}
-    # embeddings of train + valid for the head fit, then logits of every split
-    assert sum(clips) == 2 * n["train"] + 2 * n["valid"] + n["test"]
+    # embeddings of train + valid for the head fit, then logits of every split, plus one
+    # single-clip pass per profiler counting the teacher's MACs
+    profiling = len(cfg.profilers)
+    assert sum(clips) == 2 * n["train"] + 2 * n["valid"] + n["test"] + profiling
     clips.clear()
     run(tiny(*base, "model.teacher.lr=3e-3"), tmp_path / "outputs" / "b")
-    assert sum(clips) == n["train"] + n["valid"] + n["test"]  # the embeddings came from the cache
+    assert sum(clips) == n["train"] + n["valid"] + n["test"] + profiling  # embeddings came from the cache
     t1, t2 = sorted(runs_by_stage(cfg.tracking.uri, "teacher"), key=lambda r: r.info.start_time)
     history = MlflowClient(cfg.tracking.uri).get_metric_history(t2.info.run_id, "m0_val_f1")
     assert [x.step for x in history] == [1, 2, 3]
