@@ -21,6 +21,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -226,7 +227,7 @@ def prepare_teacher(cfg: DictConfig, registry: Registry, data: Any, device: torc
             f"Let the teacher stage fit it (model.teacher.epochs > 0; it is {t.epochs}) or point "
             f"model.teacher.checkpoint at a teacher trained on these classes")
     bs = cfg.train.eval_batch_size or 64
-    logits = {split: teacher_logits(ensemble, waves, device, folder, bs) for split, waves in data.splits.items()
+    logits = {split: ensemble_logits(ensemble, waves, device, folder, bs) for split, waves in data.splits.items()
               if not (split == "train" and t.cross_fit)}
     if t.cross_fit:
         logits["train"] = out_of_fold_logits(ensemble, data.splits["train"], stored["folds"], device, folder, bs)
@@ -289,13 +290,14 @@ def _train_and_store(cfg: DictConfig, registry: Registry, ensemble: TeacherEnsem
                 fit(cfg, member, data, keep, device, folder, spec, m, tracker, log_fn, loop)
                 member.head_trained.fill_(True)
         ensemble.to(device).eval()
-        logits = {split: teacher_logits(ensemble, data.splits[split], device, folder,
-                                         cfg.train.eval_batch_size or 64) for split in ("valid", "test")}
-        scores = _scores_from_logits({**logits}, data)
-        if len(ensemble.members) > 1:
+        bs = cfg.train.eval_batch_size or 64
+        scores = _scores_from_logits({split: ensemble_logits(ensemble, data.splits[split], device, folder, bs)
+                                      for split in ("valid", "test")}, data)
+        if len(ensemble.members) > 1:  # the members' own scores, from the logits cached just above
             for m, member in enumerate(ensemble.members):
                 for split, prefix in (("valid", "best_val"), ("test", "test")):
-                    s = _score_array(_run_logits(member, data.splits[split], device, 64), data.splits[split].labels)
+                    s = _score_array(teacher_logits(member, data.splits[split], device, folder, bs),
+                                     data.splits[split].labels)
                     scores.update({f"teacher_m{m}_{prefix}_acc": s.acc, f"teacher_m{m}_{prefix}_f1": s.f1})
         scores["teacher_train_time_s"] = time.perf_counter() - started
         scores.update(_costs(cfg, registry, ensemble, data.splits["train"].clip_samples, device))
@@ -467,6 +469,17 @@ def instrument_folds(paths: list[str], folds: int, seed: int) -> np.ndarray:
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
     fold_of = {names[i]: k % folds for k, i in enumerate(order)}
     return np.array([fold_of[g] for g in groups], dtype=np.int64)
+
+
+def ensemble_logits(ensemble: TeacherEnsemble, waves: Any, device: torch.device, folder: Path,
+                    batch_size: int = 64) -> np.ndarray:
+    """The ensemble's logits (:meth:`TeacherEnsemble.forward`'s log of the mean member probability),
+    combined from each member's cached logits, so member scores and cross-fitting reuse them."""
+    per = [teacher_logits(m, waves, device, folder, batch_size) for m in ensemble.members]
+    if len(per) == 1:
+        return per[0]
+    logp = torch.from_numpy(np.stack(per)).log_softmax(-1)
+    return (torch.logsumexp(logp, dim=0) - math.log(len(per))).numpy()
 
 
 def out_of_fold_logits(ensemble: TeacherEnsemble, waves: Any, folds: Any, device: torch.device, folder: Path,

@@ -105,7 +105,7 @@ def test_logit_cache_follows_the_teacher_weights(tiny, tmp_path):
     valid = data.splits["valid"]
     folder = tmp_path / "logits"
     first = teacher_logits(teacher.module, valid, torch.device("cpu"), folder)
-    assert np.array_equal(first, teacher.logits["valid"])
+    assert np.allclose(first, teacher.logits["valid"], atol=1e-5)  # the forward pass = the combined member logits
     assert len(list(folder.glob("logits-*.npy"))) == 1
     again = teacher_logits(teacher.module, valid, torch.device("cpu"), folder)
     assert np.array_equal(first, again) and len(list(folder.glob("logits-*.npy"))) == 1
