@@ -233,6 +233,7 @@ def prepare_teacher(cfg: DictConfig, registry: Registry, data: Any, device: torc
         logits["train"] = out_of_fold_logits(ensemble, data.splits["train"], stored["folds"], device, folder, bs)
     if not scores:  # a stored teacher trained without the stage's scores (e.g. epochs=0 + checkpoint)
         scores = _scores_from_logits(logits, data)
+    scores.setdefault("teacher_params", sum(p.numel() for p in ensemble.parameters()))
     # How the teacher does on the clips it teaches from: near 1.0 means its soft targets mostly
     # restate the labels (it trained on them); cross-fitted targets show its behaviour on unseen
     # instruments instead.

@@ -471,7 +471,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
         tracker.log_metrics(final, step=cfg.train.epochs)
         final.update(costs)
         if teacher is not None:
-            final.update({"teacher_params": sum(p.numel() for p in teacher.module.parameters()), **teacher.scores})
+            final.update(teacher.scores)
         _log_confusion(tracker, test, data.class_names, "test (best checkpoint)",
                        run_dir / "plots" / "confusion_test.png")
         tracker.end("FINISHED")
@@ -506,8 +506,7 @@ def _log_teacher(tracker: Tracker, cfg: DictConfig, teacher: Any) -> None:
     """What the KD run learned from: the teacher's identity and its own scores, beside the student's."""
     t = cfg.model.teacher
     tracker.log_params({"teacher_key": teacher.key, "teacher_path": str(teacher.path),
-                        "teacher_run_id": teacher.run_id or "",
-                        "teacher_params": sum(p.numel() for p in teacher.module.parameters())})
+                        "teacher_run_id": teacher.run_id or ""})
     tracker.log_metrics({k: v for k, v in teacher.scores.items() if k.startswith("teacher_")}, step=0)
     tracker.set_tags({"stage": "kd", "teacher": t.name, "kd_mode": cfg.model.kd.mode})
 
