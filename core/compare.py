@@ -1,8 +1,10 @@
-"""Student-only vs KD, same data, epochs and seeds: the comparison the spec's Step 2 asks for.
+"""Student-only vs KD (vs pruned), same data, epochs and seeds: the comparisons of Steps 2 and 3.
 
-``task=compare`` trains, for each seed in ``compare.seeds``, one student-only run and one KD run
-(``model.kd.enabled`` forced off/on, everything else identical), after the teacher stage has made
-(or found) the teacher. It prints and logs one table: mean +- std over seeds of val/test accuracy
+``task=compare`` trains, for each seed in ``compare.seeds``, one run per arm of ``compare.arms``:
+``student`` (CE), ``kd`` (``model.kd.enabled`` forced on, everything else identical), and the
+pruned arms, which take that seed's ``kd`` (``pruned_kd``) or ``student`` (``pruned``) best
+checkpoint, prune it with ``prune.*`` and fine-tune it for ``prune.epochs`` with KD or CE
+(``task=prune``, core/pruning.py); the teacher stage has made (or found) the teacher first. It prints and logs one table: mean +- std over seeds of val/test accuracy
 and macro-F1 per arm, with params and MACs, and the teacher's own scores; plus a bar plot. The
 runs are children of one parent MLflow run (tag ``mlflow.parentRunId``), so the UI groups them.
 """
@@ -14,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from core.registry import Registry
@@ -21,7 +24,11 @@ from core.tracking import Tracker, flatten, resolve_uri
 
 METRICS = (("best_val_acc", "val acc"), ("best_val_f1", "val macro-F1"), ("test_acc", "test acc"),
            ("test_f1", "test macro-F1"))
-ARMS = (("student", False), ("kd", True))
+ARMS = (("student", False), ("kd", True), ("pruned", False), ("pruned_kd", True))
+#: pruned arm -> the arm whose best checkpoint it prunes
+PRUNE_FROM = {"pruned": "student", "pruned_kd": "kd"}
+NAMES = {"student": "student only", "kd": "student + KD", "pruned": "pruned, CE fine-tune",
+         "pruned_kd": "pruned, KD fine-tune"}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -46,9 +53,8 @@ def format_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | N
     """Markdown table: one row per arm (mean +- std over seeds) and the teacher's own scores."""
     head = ["", "runs", *(title for _, title in METRICS), "params", "MACs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    names = {"student": "student only", "kd": "student + KD"}
     for arm, row in summary.items():
-        cells = [names[arm], str(row["n"])]
+        cells = [NAMES[arm], str(row["n"])]
         cells += [f"{row[f'{k}_mean']:.3f} ± {row[f'{k}_std']:.3f}" if row["n"] > 1 else f"{row[f'{k}_mean']:.3f}"
                   for k, _ in METRICS]
         cells += [f"{row['params'] / 1e6:.3f} M", f"{row['macs'] / 1e6:.1f} M"]
@@ -100,18 +106,23 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
     parent.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     runs: list[dict[str, Any]] = []
     teacher: dict[str, Any] | None = None
+    arms = [(arm, kd) for arm, kd in ARMS if arm in cfg.compare.arms]
     try:
         for seed in cfg.compare.seeds:
-            for arm, kd in ARMS:
-                child = OmegaConf.merge(cfg, {"task": "train", "train": {"seed": int(seed)},
-                                              "model": {"kd": {"enabled": kd}},
-                                              "tracking": {"run_name": f"{cfg.name}-{arm}-seed{seed}"}})
+            for arm, kd in arms:
+                child = {"task": "train", "train": {"seed": int(seed)}, "model": {"kd": {"enabled": kd}},
+                         "tracking": {"run_name": f"{cfg.name}-{arm}-seed{seed}"}}
+                if arm in PRUNE_FROM:
+                    source = run_dir / f"{PRUNE_FROM[arm]}-seed{seed}" / "checkpoints" / "best.pt"
+                    child.update(task="prune", prune={"source": str(source)})
                 print(f"\n=== {arm}, seed {seed} ===", flush=True)
-                result = fit(child, registry, run_dir / f"{arm}-seed{seed}", parent_run_id=parent_id)
+                result = fit(OmegaConf.merge(cfg, child), registry, run_dir / f"{arm}-seed{seed}",
+                             parent_run_id=parent_id)
                 m = result.metrics
-                runs.append({"arm": arm, "seed": int(seed), "run_id": result.run_id,
+                runs.append({"arm": arm, "seed": int(seed), "run_id": result.run_id, "run_dir": str(result.run_dir),
                              **{k: m[k] for k, _ in METRICS}, "params": m["student_params"],
-                             "macs": m.get(f"student_macs_{cfg.profilers[0]}", 0) if cfg.profilers else 0})
+                             "macs": m.get(f"student_macs_{cfg.profilers[0]}", 0) if cfg.profilers else 0,
+                             **{k: v for k, v in m.items() if k.startswith(("before_prune_", "after_prune_"))}})
                 if kd and teacher is None:
                     macs_key = f"teacher_macs_{cfg.profilers[0]}" if cfg.profilers else ""
                     teacher = {"name": cfg.model.teacher.name, "params": m["teacher_params"],
@@ -133,12 +144,46 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
             parent.log_artifact(run_dir / name, "compare")
         parent.log_metrics({f"{arm}_{k}": v for arm, row in summary.items() for k, v in row.items()
                             if k.endswith(("_mean", "_std"))}, step=0)
+        if cfg.export.enabled and set(PRUNE_FROM) & set(cfg.compare.arms):
+            summary_table = deployment_summary(cfg, registry, runs, run_dir, parent)
+            print("\n" + summary_table, flush=True)
     except BaseException:
         parent.end("FAILED")
         raise
     parent.end("FINISHED")
     print(f"MLflow: {parent.run_url()}")
     return {"runs": runs, "summary": summary, "teacher": teacher}
+
+
+def deployment_summary(cfg: DictConfig, registry: Registry, runs: list[dict[str, Any]], run_dir: Path,
+                       tracker: Tracker) -> str:
+    """The first seed's models side by side (teacher, student, KD student, pruned students):
+    params, MACs, per-clip latency in PyTorch and onnxruntime (each exported and checked against
+    PyTorch on real test clips), test accuracy and macro-F1. Logged to the parent run."""
+    from core import checkpoint as ckpt
+    from core.data import prepare_data
+    from core.export import export_and_time, student_row, teacher_row, write_report
+    from core.teaching import prepare_teacher
+
+    data = prepare_data(cfg, registry, prepare=True, progress=False)
+    test = data.splits["test"]
+    clips = test.batch(list(range(min(len(test), cfg.export.parity_clips))))[0]
+    seed = cfg.compare.seeds[0]
+    models: dict[str, dict[str, Any]] = {}
+    if cfg.model.teacher.name:
+        teacher = prepare_teacher(OmegaConf.merge(cfg, {"model": {"kd": {"enabled": True}}}), registry, data,
+                                  torch.device("cpu"), log_fn=lambda _: None)
+        models[f"teacher ({cfg.model.teacher.name} x{cfg.model.teacher.ensemble})"] = teacher_row(cfg, teacher)
+    for r in runs:
+        if r["seed"] != seed:
+            continue
+        state = ckpt.load(Path(r["run_dir"]) / "checkpoints" / "best.pt")
+        row = student_row(cfg, registry, state, test.clip_samples)
+        row.update(test_acc=r["test_acc"], test_f1=r["test_f1"])
+        models[NAMES[r["arm"]]] = row
+    print(f"\n=== export and latency (seed {seed}) ===", flush=True)
+    rows = export_and_time(cfg, registry, models, clips, run_dir / "export")
+    return write_report(rows, cfg, run_dir, tracker, title="summary")
 
 
 __all__ = ["format_table", "mean_std", "run_compare", "summarize"]

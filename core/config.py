@@ -172,6 +172,52 @@ class TrackingConfig:
 @attrs.define
 class CompareConfig:
     seeds: List[int] = [0, 1, 2]  # train.seed of each student-only / KD pair
+    # arms trained per seed: student (CE), kd, pruned_kd / pruned (the kd / student run's best
+    # checkpoint pruned with prune.* and fine-tuned with KD / CE for prune.epochs)
+    arms: List[str] = ["student", "kd"]
+
+
+@attrs.define
+class PruneConfig:
+    """Structured pruning of a trained student, then fine-tuning (``task=prune``, core/pruning.py)."""
+    # pruner plugin: structural (torch-pruning DepGraph, channels removed) | mask (torch.nn.utils.prune:
+    # zeroed channels, same MACs; kept for comparison) | any registered pruner
+    method: str = "structural"
+    ratio: float = 0.5  # fraction of each layer's channels removed (scope=global: of all channels)
+    importance: str = "l1"  # l1 | l2 (weight magnitude) | taylor (|weight x gradient| on training batches)
+    scope: str = "uniform"  # uniform: the same ratio in every layer | global: ranked across layers
+    round_to: Optional[int] = 8  # kept channel counts are multiples of this (odd counts trained ~1.7x slower)
+    steps: int = 1  # prune -> fine-tune rounds; the fine-tune epochs are split evenly between them
+    # module names of the student network (model.net) never pruned; its output layer never is anyway
+    ignored: List[str] = []
+    # the trained student to prune: a checkpoint (.pt), its run folder, or an MLflow run id
+    source: Optional[str] = None
+    epochs: Optional[int] = None  # fine-tune epochs; null = train.epochs
+    calib_batches: int = 4  # training batches whose gradients the taylor importance reads
+
+
+@attrs.define
+class ExportConfig:
+    """ONNX export, onnxruntime parity and latency (core/export.py)."""
+    enabled: bool = True  # compare/pareto runs export and time their models at the end
+    # students to export with task=export: checkpoints (.pt), run folders or MLflow run ids
+    sources: List[str] = []
+    teacher: bool = True  # task=export: also time the configured teacher (model.teacher.name)
+    opset: int = 18
+    parity_clips: int = 8  # real test clips compared between PyTorch and onnxruntime
+    tolerance: float = 1e-4  # max abs logit difference allowed
+    latency_profiler: str = "latency"
+    latency_runs: int = 50  # timed runs per model and backend (median reported)
+    latency_warmup: int = 10
+    latency_threads: int = 1
+
+
+@attrs.define
+class ParetoConfig:
+    """``task=pareto``: accuracy vs MACs/latency over student widths x prune ratios, with and without KD."""
+    widths: List[float] = [0.5, 0.75, 1.0]
+    ratios: List[float] = [0.3, 0.5, 0.7]
+    kd: List[bool] = [False, True]
 
 
 @attrs.define
@@ -187,6 +233,9 @@ class Config:
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     compare: CompareConfig = CompareConfig()
+    prune: PruneConfig = PruneConfig()
+    export: ExportConfig = ExportConfig()
+    pareto: ParetoConfig = ParetoConfig()
 
 
 def register_schema() -> None:
@@ -194,7 +243,9 @@ def register_schema() -> None:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "task": ("train", "profile", "compare"),
+    "task": ("train", "profile", "compare", "prune", "export", "pareto"),
+    "prune.importance": ("l1", "l2", "taylor"),
+    "prune.scope": ("uniform", "global"),
     "train.optimizer": ("adamw", "adam", "sgd"),
     "train.scheduler": ("cosine", "none"),
     "train.amp_dtype": ("bf16", "fp16"),
@@ -222,8 +273,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigValueError(f"data.max_per_class={cfg.data.max_per_class} must be > 0 or null")
     if cfg.task == "compare" and not cfg.compare.seeds:
         raise ConfigValueError("compare.seeds is empty: give at least one seed, e.g. compare.seeds=[0,1,2]")
-    if cfg.task == "compare" and not cfg.model.teacher.name:
+    if cfg.task == "compare" and {"kd", "pruned_kd"} & set(cfg.compare.arms) and not cfg.model.teacher.name:
         raise ConfigValueError("task=compare trains student-only and KD runs: set model.teacher.name")
+    _validate_prune(cfg)
     t = cfg.model.teacher
     if t.epochs < 0:
         raise ConfigValueError(f"model.teacher.epochs={t.epochs} must be >= 0")
@@ -254,6 +306,52 @@ def validate(cfg: DictConfig) -> None:
         p = cfg.aug[name].p
         if not 0.0 <= p <= 1.0:
             raise ConfigValueError(f"aug.{name}.p={p} must be within [0, 1]")
+
+
+ARMS = ("student", "kd", "pruned", "pruned_kd")
+
+
+def _validate_prune(cfg: DictConfig) -> None:
+    p, e = cfg.prune, cfg.export
+    if not 0.0 < p.ratio < 1.0:
+        raise ConfigValueError(f"prune.ratio={p.ratio} must be within (0, 1): the fraction of channels removed")
+    if p.steps < 1:
+        raise ConfigValueError(f"prune.steps={p.steps} must be >= 1")
+    if p.round_to is not None and p.round_to < 1:
+        raise ConfigValueError(f"prune.round_to={p.round_to} must be >= 1 or null")
+    if p.epochs is not None and p.epochs < p.steps:
+        raise ConfigValueError(f"prune.epochs={p.epochs} must be >= prune.steps={p.steps} (each prune round is "
+                               f"followed by at least one fine-tune epoch)")
+    if p.calib_batches < 1:
+        raise ConfigValueError(f"prune.calib_batches={p.calib_batches} must be >= 1")
+    if cfg.task == "prune" and not p.source:
+        raise ConfigValueError("task=prune needs prune.source: a student checkpoint (.pt), its run folder "
+                               "(outputs/<name>/<time>) or an MLflow run id")
+    if cfg.task == "prune" and p.epochs is None and cfg.train.epochs < p.steps:
+        raise ConfigValueError(f"train.epochs={cfg.train.epochs} must be >= prune.steps={p.steps}")
+    for arm in cfg.compare.arms:
+        if arm not in ARMS:
+            raise ConfigValueError(f"compare.arms: unknown arm {arm!r}; choose from: {', '.join(ARMS)}")
+    if "pruned_kd" in cfg.compare.arms and "kd" not in cfg.compare.arms:
+        raise ConfigValueError("compare.arms: pruned_kd prunes the kd arm's student: add kd to compare.arms")
+    if "pruned" in cfg.compare.arms and "student" not in cfg.compare.arms:
+        raise ConfigValueError("compare.arms: pruned prunes the student arm's student: add student to compare.arms")
+    if cfg.task == "export" and not e.sources:
+        raise ConfigValueError("task=export needs export.sources: student checkpoints (.pt), run folders or "
+                               "MLflow run ids, e.g. export.sources=[outputs/demo/<time>/kd-seed0]")
+    for key in ("parity_clips", "latency_runs", "latency_threads", "opset"):
+        if e[key] < 1:
+            raise ConfigValueError(f"export.{key}={e[key]} must be >= 1")
+    if e.latency_warmup < 0 or e.tolerance <= 0:
+        raise ConfigValueError("export.latency_warmup must be >= 0 and export.tolerance > 0")
+    for w in cfg.pareto.widths:
+        if w <= 0:
+            raise ConfigValueError(f"pareto.widths: {w} must be > 0")
+    for r in cfg.pareto.ratios:
+        if not 0.0 < r < 1.0:
+            raise ConfigValueError(f"pareto.ratios: {r} must be within (0, 1)")
+    if cfg.task in ("pareto",) and not cfg.model.teacher.name and any(cfg.pareto.kd):
+        raise ConfigValueError("pareto.kd includes true: set model.teacher.name")
 
 
 __all__ = ["Config", "MISSING", "register_schema", "validate", "ConfigValueError"]

@@ -71,7 +71,18 @@ class HookSpecs:
 
     @hookspec
     def audiokd_profilers(self) -> list[Component]:
-        """Model cost profilers (params, MACs, latency)."""
+        """Model cost profilers. MAC counters: ``factory()`` returns an object with
+        ``profile(model, example_input) -> Profile`` (params, MACs). Latency profilers: an object
+        with ``torch(model, example_input)`` and ``onnx(path, example_input)``, each returning a
+        ``Timing`` (median ms per call)."""
+
+    @hookspec
+    def audiokd_pruners(self) -> list[Component]:
+        """Channel pruners. ``factory(importance, scope, round_to)`` returns an object with
+        ``prune(net, example_input, ratio, ignored, calibrate=None)``, which prunes ``net`` in place
+        so that ``ratio`` of its prunable channels are gone (``ignored``: modules left whole;
+        ``calibrate(net)`` fills ``.grad`` from training batches, for gradient-based importance),
+        and the attribute ``removes_channels`` (False when channels are only zeroed)."""
 
 
 #: kind name (as used in messages and ``core.list``) -> hook name
@@ -81,6 +92,7 @@ KINDS: dict[str, str] = {
     "teacher": "audiokd_teachers",
     "loss": "audiokd_losses",
     "profiler": "audiokd_profilers",
+    "pruner": "audiokd_pruners",
 }
 
 

@@ -17,6 +17,7 @@ from core.config import register_schema, validate
 from core.errors import UserError
 from core.registry import load_registry
 from core.compare import run_compare
+from core.export import run_export
 from core.profile import run_profile
 from core.train import Result, fit
 
@@ -34,6 +35,12 @@ def run(cfg: DictConfig, run_dir: Path):
         return run_profile(cfg, registry, run_dir)
     if cfg.task == "compare":
         return run_compare(cfg, registry, run_dir)
+    if cfg.task == "export":
+        return run_export(cfg, registry, run_dir)
+    if cfg.task == "pareto":
+        from core.pareto import run_pareto
+
+        return run_pareto(cfg, registry, run_dir)
     return fit(cfg, registry, run_dir)
 
 

@@ -30,7 +30,9 @@ from core.data import DataBundle, prepare_data
 from core.errors import UserError
 from core.features import LogMelFrontend, LogMelSet, WaveAugment, build_logmel_cache
 from core.metrics import Scores, plot_confusion, score, score_predictions
+from core.pruning import PruneStage, load_student_source
 from core.registry import Registry
+from core.structure import describe, rebuild
 from core.teaching import prepare_teacher
 from core.tracking import Tracker, flatten, resolve_uri
 from core.waveforms import WaveformSet
@@ -344,6 +346,8 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
     # config mistakes surface before any download, render or cache build
     loss_fn = build_loss(cfg, registry)
     kd = cfg.model.kd.enabled
+    prune = PruneStage(cfg, registry) if cfg.task == "prune" else None
+    epochs = prune.epochs if prune else cfg.train.epochs
 
     # --- data: rank 0 downloads/renders, the others wait and then read the same files ---------
     data = d.main_first(lambda main: prepare_data(cfg, registry, prepare=main, progress=main and progress))
@@ -371,26 +375,42 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
         run_dir = Path(state["run_dir"])
     model = build_model(cfg, registry, k).to(device)
     inputs = d.main_first(lambda _: model_inputs(cfg, model, data))  # rank 0 builds the log-mel caches
-    if state is None:
+    source = None
+    if state is not None:
+        load_weights(model, state, cfg.train.channels_last)
+    elif prune is not None:  # the trained student to prune, its front-end statistics included
+        source = load_student_source(cfg.prune.source, cfg, data.class_names, resolve_uri(cfg.tracking.uri))
+        load_weights(model, source, cfg.train.channels_last)
+        if d.main:
+            print(f"pruning {source['source']}")
+    else:
         model.frontend.fit_normalization_logmel(_stats_batches(inputs["train"], model.frontend, cfg))
-    train_model: nn.Module = model
-    if d.world > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_set = inputs["train"]
     steps = len(epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, 0, d,
                               cfg.train.max_steps_per_epoch))
     if steps == 0:
         raise TrainingError(f"the training split has {len(train_set)} clips: too few for one batch")
-    opt = build_optimizer(cfg, model.parameters())
-    sched = build_scheduler(cfg, opt, steps * cfg.train.epochs)
     use_scaler = cfg.train.amp and device.type == "cuda" and cfg.train.amp_dtype == "fp16"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
+    def optimize(phase_epochs: int):
+        """The network to train (DDP-wrapped under torchrun), its optimizer and LR schedule; made
+        again after each prune round, since pruning replaces the parameter tensors."""
+        wrapped: nn.Module = model
+        if d.world > 1:
+            wrapped = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        o = build_optimizer(cfg, model.parameters())
+        return wrapped, o, build_scheduler(cfg, o, steps * phase_epochs)
+
+    rounds_done = state.get("prune_rounds", 0) if state is not None else 0
+    phase_epochs = prune.phase_epochs(rounds_done) if prune and rounds_done else epochs
+    train_model, opt, sched = optimize(phase_epochs)
+
     start_epoch, best_epoch, best_f1, run_id = 0, -1, -1.0, None
+    prune_scores: dict[str, float] = dict(state.get("prune_scores", {})) if state is not None else {}
     if state is not None:
-        model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -399,7 +419,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
         start_epoch, best_epoch, best_f1, run_id = (
             state["epoch"] + 1, state["best_epoch"], state["best_f1"], state["run_id"])
         if d.main:
-            print(f"resuming {resume_path} at epoch {start_epoch + 1}/{cfg.train.epochs}")
+            print(f"resuming {resume_path} at epoch {start_epoch + 1}/{epochs}")
 
     # --- tracking ------------------------------------------------------------------------------
     tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment, enabled=d.main)
@@ -412,13 +432,47 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
         _log_run_inputs(tracker, cfg, data, model, run_dir, costs)
         if teacher is not None:
             _log_teacher(tracker, cfg, teacher)
+        if prune is not None:
+            tracker.log_params({"prune_source_resolved": source["source"]})
+            tracker.set_tags({"stage": "prune", "pruner": cfg.prune.method})
     targets = teacher.targets(cfg.model.kd.mode, data.splits["train"], device) if teacher is not None else None
+    example = torch.zeros(1, 1, cfg.aug.n_mels, model.frontend.num_frames(data.splits["train"].clip_samples),
+                          device=device)
+
+    def prune_round(epoch: int) -> None:
+        """Score, prune one round, score again; the costs and scores go to MLflow."""
+        nonlocal costs, rounds_done
+        if rounds_done == 0 and d.main:
+            before = {**_scores(model, inputs, cfg, device, "before_prune"),
+                      **{f"before_prune_{k}": v for k, v in costs.items()}}
+            prune_scores.update(before)
+            tracker.log_metrics(before, step=0)
+        calibrate = None
+        if getattr(prune.pruner, "needs_gradients", False):
+            calibrate = _calibrator(model, train_set, cfg, device, cfg.prune.calib_batches)
+        prune.apply(model.net, rounds_done, example, k, calibrate=calibrate)
+        if cfg.train.channels_last:
+            model.net.to(memory_format=torch.channels_last)
+        rounds_done += 1
+        if d.main:
+            costs = profile_student(cfg, registry, model, data.splits["train"])
+            after = _scores(model, inputs, cfg, device, "after_prune")
+            prune_scores.update(after)
+            tracker.log_metrics({**after, **costs, "prune_round": rounds_done}, step=epoch)
+            print(f"prune round {rounds_done}/{prune.steps} ({cfg.prune.method}): params "
+                  f"{costs.get('student_params', 0) / 1e6:.3f} M, MACs "
+                  f"{_first_macs(costs) / 1e6:.1f} M; val acc {after['after_prune_val_acc']:.3f}, "
+                  f"test acc {after['after_prune_test_acc']:.3f}", flush=True)
 
     # --- epochs --------------------------------------------------------------------------------
     base_state = {"config": OmegaConf.to_container(cfg, resolve=True), "class_map": data.class_map(),
                   "class_names": data.class_names, "run_id": run_id, "run_dir": str(run_dir)}
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
+        for epoch in range(start_epoch, epochs):
+            if prune is not None and rounds_done < prune.rounds_due(epoch):
+                prune_round(epoch)
+                train_model, opt, sched = optimize(prune.phase_epochs(rounds_done))
+                best_f1, best_epoch = -1.0, -1  # the best checkpoint comes from the last round's network
             t0 = time.perf_counter()
             batches = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, d,
                                     cfg.train.max_steps_per_epoch)
@@ -436,10 +490,12 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
                 tracker.log_metrics(metrics, step=epoch + 1)
                 _log_confusion(tracker, val, data.class_names, f"val epoch {epoch + 1}",
                                run_dir / "plots" / f"confusion_val_epoch{epoch + 1:03d}.png")
-                state_now = {**base_state, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                state_now = {**base_state, "model": model.state_dict(), "structure": describe(model.net),
+                             "prune_rounds": rounds_done, "prune_scores": prune_scores,
+                             "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                              "epoch": epoch, "best_epoch": best_epoch, "best_f1": best_f1,
-                             "rng": ckpt.rng_state(), "finished": epoch + 1 == cfg.train.epochs,
+                             "rng": ckpt.rng_state(), "finished": epoch + 1 == epochs,
                              "metrics": metrics}
                 if improved:
                     ckpt.save(state_now, ckpt_dir / "best.pt")
@@ -448,7 +504,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
                     tracker.log_artifact(ckpt_dir / "last.pt", "checkpoints")
                     if improved:
                         tracker.log_artifact(ckpt_dir / "best.pt", "checkpoints")
-                print(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {train_metrics['train_loss']:.4f}  "
+                print(f"epoch {epoch + 1}/{epochs}  loss {train_metrics['train_loss']:.4f}  "
                       f"train_acc {train_metrics['train_acc']:.3f}  val_acc {val.acc:.3f}  "
                       f"val_f1 {val.f1:.3f}  ({train_time:.1f} s, "
                       f"{metrics['train_samples_per_s']:.1f} samples/s)", flush=True)
@@ -460,7 +516,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
     d.barrier()
     best = ckpt.load(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").is_file() else None
     if best is not None:
-        model.load_state_dict(best["model"])
+        load_weights(model, best, cfg.train.channels_last)
         best_epoch = best["epoch"]
     final: dict[str, float] = {}
     if d.main:
@@ -468,8 +524,9 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
         test = evaluate(model, inputs["test"], cfg, device)
         final = {**{f"best_{k}": v for k, v in val.as_metrics("val").items()},
                  **test.as_metrics("test", data.class_names), "best_epoch": best_epoch + 1}
-        tracker.log_metrics(final, step=cfg.train.epochs)
+        tracker.log_metrics(final, step=epochs)
         final.update(costs)
+        final.update(prune_scores)
         if teacher is not None:
             final.update(teacher.scores)
         _log_confusion(tracker, test, data.class_names, "test (best checkpoint)",
@@ -479,6 +536,51 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
         dist.destroy_process_group()
     return Result(run_id=run_id, run_dir=run_dir, best_epoch=best_epoch + 1, metrics=final,
                   tracking_uri=tracker.uri, run_url=tracker.run_url())
+
+
+def load_weights(model: AudioClassifier, state: dict[str, Any], channels_last: bool = False) -> None:
+    """Load a checkpoint's weights; a pruned network is first reshaped to the checkpoint's layout."""
+    if state.get("structure"):
+        rebuild(model.net, state["structure"], state["model"], prefix="net.")
+        if channels_last:
+            model.net.to(memory_format=torch.channels_last)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ckpt.CheckpointError(
+            f"the checkpoint does not fit this model ({first[1].strip() if len(first) > 1 else first[0]}): it was "
+            f"saved from another architecture, class count or front end (aug.n_mels); use the same "
+            f"model.student.*, data.classes and aug.* as the run that wrote it") from exc
+
+
+def _scores(model: AudioClassifier, inputs: dict[str, Inputs], cfg: DictConfig, device: torch.device,
+            prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for split, name in (("valid", "val"), ("test", "test")):
+        s = evaluate(model, inputs[split], cfg, device)
+        out.update({f"{prefix}_{name}_acc": s.acc, f"{prefix}_{name}_f1": s.f1})
+    return out
+
+
+def _first_macs(costs: dict[str, float]) -> float:
+    return next((v for k, v in costs.items() if k.startswith("student_macs_")), 0.0)
+
+
+def _calibrator(model: AudioClassifier, train_set: Inputs, cfg: DictConfig, device: torch.device,
+                n_batches: int) -> Callable[[nn.Module], None]:
+    """Accumulates CE gradients of ``n_batches`` training batches (eval-mode BatchNorm, so the
+    running statistics are not disturbed) for gradient-based channel importance."""
+    def calibrate(net: nn.Module) -> None:
+        was_training = model.training
+        model.eval()
+        batches = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, 0, Dist(), n_batches)
+        for idx in batches:
+            x, target = train_set.batch(idx)
+            logits = model(**{train_set.input_kind: x.to(device)})
+            F.cross_entropy(logits.float(), target.to(device)).backward()
+        model.train(was_training)
+    return calibrate
 
 
 def build_loss(cfg: DictConfig, registry: Registry) -> Any:
@@ -570,7 +672,11 @@ def profile_student(cfg: DictConfig, registry: Registry, model: AudioClassifier,
     example = torch.zeros(1, 1, cfg.aug.n_mels, frames, device=model.frontend.mean.device)
     metrics: dict[str, float] = {}
     for name in cfg.profilers:
-        p = registry.build("profiler", name).profile(model.net, example)
+        profiler = registry.build("profiler", name)
+        if not hasattr(profiler, "profile"):
+            raise TrainingError(f"profilers: {name!r} does not count params/MACs (it has no profile()); list only "
+                                f"MAC counters there (thop, flop_counter). Latency is export.latency_profiler")
+        p = profiler.profile(model.net, example)
         metrics.update({"student_params": p.params, f"student_macs_{name}": p.macs})
     return metrics
 
@@ -583,8 +689,9 @@ def _log_run_inputs(tracker: Tracker, cfg: DictConfig, data: DataBundle, model: 
     params.update({"num_classes": data.num_classes,
                    "class_names": json.dumps(data.class_names),
                    "n_train": len(data.splits["train"]), "n_valid": len(data.splits["valid"]),
-                   "n_test": len(data.splits["test"]),
-                   "student_params": sum(p.numel() for p in model.net.parameters())})
+                   "n_test": len(data.splits["test"])})
+    if cfg.task != "prune":  # a pruned run's size changes as it prunes: see the student_params metric
+        params["student_params"] = sum(p.numel() for p in model.net.parameters())
     tracker.log_params(params)
     tracker.log_metrics(costs, step=0)
     tracker.set_tags({"stage": "student", "dataset": cfg.data.dataset, "student": cfg.model.student.arch})

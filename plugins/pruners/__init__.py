@@ -1,0 +1,1 @@
+"""Channel pruners (kind ``pruner``): ``structural`` (Torch-Pruning) and ``mask`` (torch.nn.utils.prune)."""

@@ -1,0 +1,94 @@
+"""Structured channel pruning with Torch-Pruning's dependency graph (DepGraph).
+
+Removing an output channel of one conv forces the matching input channel of every layer that
+reads it, the BatchNorm between them, the depthwise conv that keeps channel identity, and the
+squeeze-excitation convs that gate it; DepGraph traces the network once and prunes each such
+group together, so channels are physically gone and params and MACs drop (shared/MEASURED.md:
+MobileNetV3-Small 0.75 at ratio 0.5, round_to 8: 41.6 M -> 12.2 M MACs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from core.errors import UserError
+from core.registry import Component, hookimpl
+
+IMPORTANCES = ("l1", "l2", "taylor")
+SCOPES = ("uniform", "global")
+
+
+class PrunerError(UserError, ValueError):
+    """A pruner was misconfigured."""
+
+
+def build_importance(name: str) -> tp.importance.Importance:
+    """Channel-group importance: L1/L2 weight magnitude, or first-order Taylor |w * dL/dw|."""
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    raise PrunerError(f"prune.importance={name!r} is not valid; choose one of: {', '.join(IMPORTANCES)}")
+
+
+class StructuralPruner:
+    """Prunes whole channel groups found by DepGraph.
+
+    Args:
+        importance: ``l1``, ``l2`` or ``taylor`` (needs ``calibrate`` to fill gradients).
+        scope: ``uniform`` (every layer loses ``ratio`` of its channels) or ``global`` (channels
+            ranked across layers, so unimportant layers lose more; no layer loses more than 90%).
+        round_to: kept channel counts are multiples of this (``None``: exact counts).
+    """
+
+    removes_channels = True
+
+    def __init__(self, importance: str = "l1", scope: str = "uniform", round_to: int | None = 8) -> None:
+        if scope not in SCOPES:
+            raise PrunerError(f"prune.scope={scope!r} is not valid; choose one of: {', '.join(SCOPES)}")
+        self.importance_name = importance
+        self._importance = build_importance(importance)
+        self.scope, self.round_to = scope, round_to
+
+    @property
+    def needs_gradients(self) -> bool:
+        return self.importance_name == "taylor"
+
+    def prune(self, net: nn.Module, example_input: torch.Tensor, ratio: float, ignored: list[nn.Module],
+              calibrate: Callable[[nn.Module], None] | None = None) -> None:
+        if not 0.0 < ratio < 1.0:
+            raise PrunerError(f"pruning ratio {ratio} must be within (0, 1)")
+        was_training = net.training
+        pruner = tp.pruner.BasePruner(
+            net, example_input, importance=self._importance, pruning_ratio=ratio,
+            global_pruning=self.scope == "global", max_pruning_ratio=0.9, round_to=self.round_to,
+            ignored_layers=list(ignored),
+        )
+        if self.needs_gradients:
+            if calibrate is None:
+                raise PrunerError("prune.importance=taylor needs gradients from training batches; "
+                                  "this caller gave no calibration batches")
+            net.zero_grad(set_to_none=True)
+            calibrate(net)
+        pruner.step()
+        net.zero_grad(set_to_none=True)
+        net.train(was_training)
+
+
+def _factory(importance: str = "l1", scope: str = "uniform", round_to: int | None = 8, **_: Any) -> StructuralPruner:
+    return StructuralPruner(importance, scope, round_to)
+
+
+@hookimpl
+def audiokd_pruners() -> list[Component]:
+    return [Component("structural", _factory,
+                      "Torch-Pruning DepGraph: removes coupled channels (l1|l2|taylor, uniform|global, round_to)")]
+
+
+__all__ = ["StructuralPruner", "build_importance"]
