@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from core.registry import Registry
-from core.tracking import Tracker, flatten, resolve_uri
+from core.tracking import Tracker, parent_run
 
 METRICS = (("best_val_acc", "val acc"), ("best_val_f1", "val macro-F1"), ("test_acc", "test acc"),
            ("test_f1", "test macro-F1"))
@@ -100,14 +100,10 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
     """Train every (seed, arm) pair, then report. Returns ``{"runs", "summary", "teacher"}``."""
     from core.train import fit
 
-    parent = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
-    parent_id = parent.start(run_name=cfg.tracking.run_name or cfg.name)
-    parent.set_tags({"stage": "compare", "teacher": cfg.model.teacher.name})
-    parent.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     runs: list[dict[str, Any]] = []
     teacher: dict[str, Any] | None = None
     arms = [(arm, kd) for arm, kd in ARMS if arm in cfg.compare.arms]
-    try:
+    with parent_run(cfg, "compare", {"teacher": cfg.model.teacher.name}) as parent:
         for seed in cfg.compare.seeds:
             for arm, kd in arms:
                 child = {"task": "train", "train": {"seed": int(seed)}, "model": {"kd": {"enabled": kd}},
@@ -117,7 +113,7 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
                     child.update(task="prune", prune={"source": str(source)})
                 print(f"\n=== {arm}, seed {seed} ===", flush=True)
                 result = fit(OmegaConf.merge(cfg, child), registry, run_dir / f"{arm}-seed{seed}",
-                             parent_run_id=parent_id)
+                             parent_run_id=parent.run_id)
                 m = result.metrics
                 runs.append({"arm": arm, "seed": int(seed), "run_id": result.run_id, "run_dir": str(result.run_dir),
                              **{k: m[k] for k, _ in METRICS}, "params": m["student_params"],
@@ -147,11 +143,6 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
         if cfg.export.enabled and set(PRUNE_FROM) & set(cfg.compare.arms):
             summary_table = deployment_summary(cfg, registry, runs, run_dir, parent)
             print("\n" + summary_table, flush=True)
-    except BaseException:
-        parent.end("FAILED")
-        raise
-    parent.end("FINISHED")
-    print(f"MLflow: {parent.run_url()}")
     return {"runs": runs, "summary": summary, "teacher": teacher}
 
 

@@ -194,6 +194,9 @@ class PruneConfig:
     source: Optional[str] = None
     epochs: Optional[int] = None  # fine-tune epochs; null = train.epochs
     calib_batches: int = 4  # training batches whose gradients the taylor importance reads
+    # after each prune round, re-estimate every BatchNorm's running statistics on this many training
+    # batches (exact average, no gradients) before scoring/fine-tuning; 0 = off
+    recalibrate_bn: int = 0
 
 
 @attrs.define
@@ -322,6 +325,8 @@ def _validate_prune(cfg: DictConfig) -> None:
     if p.epochs is not None and p.epochs < p.steps:
         raise ConfigValueError(f"prune.epochs={p.epochs} must be >= prune.steps={p.steps} (each prune round is "
                                f"followed by at least one fine-tune epoch)")
+    if p.recalibrate_bn < 0:
+        raise ConfigValueError(f"prune.recalibrate_bn={p.recalibrate_bn} must be >= 0 (0 = off)")
     if p.calib_batches < 1:
         raise ConfigValueError(f"prune.calib_batches={p.calib_batches} must be >= 1")
     if cfg.task == "prune" and not p.source:

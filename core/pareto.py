@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from core import checkpoint as ckpt
 from core.registry import Registry
-from core.tracking import Tracker, flatten, resolve_uri
+from core.tracking import parent_run
 
 
 def pareto_front(points: list[dict[str, Any]], cost: str, value: str = "test_acc") -> set[int]:
@@ -89,12 +89,9 @@ def run_pareto(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[
     from core.export import export_and_time, student_row, write_report
     from core.train import fit
 
-    parent = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
-    parent_id = parent.start(run_name=cfg.tracking.run_name or cfg.name)
-    parent.set_tags({"stage": "pareto"})
-    parent.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
     points: list[dict[str, Any]] = []
-    try:
+    with parent_run(cfg, "pareto") as parent:
+        parent_id = parent.run_id
         for width in cfg.pareto.widths:
             common = {"model": {"student": {"width_mult": float(width)}}}
             name = f"w{width:g}"
@@ -141,11 +138,6 @@ def run_pareto(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[
             parent.log_artifact(run_dir / f, "pareto")
         write_report(timed, cfg, run_dir / "export", None)
         print("\n" + table, flush=True)
-    except BaseException:
-        parent.end("FAILED")
-        raise
-    parent.end("FINISHED")
-    print(f"MLflow: {parent.run_url()}")
     return points
 
 

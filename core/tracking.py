@@ -8,13 +8,14 @@ costs seconds, not an epoch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from core.errors import UserError
 
@@ -150,3 +151,22 @@ class Tracker:
         if self.uri.startswith(("http://", "https://")):
             return f"{self.uri.rstrip('/')}/{path}"
         return f"run {self.run_id} in {self.uri} (open it with `make ui`, then http://127.0.0.1:5000/{path})"
+
+
+@contextlib.contextmanager
+def parent_run(cfg: Any, stage: str, tags: Mapping[str, Any] | None = None) -> Iterator[Tracker]:
+    """An MLflow run that groups the child runs of a compare/pareto task: tagged ``stage``, the
+    flattened config as params; FINISHED when the block completes, FAILED when it raises."""
+    from omegaconf import OmegaConf
+
+    parent = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
+    parent.start(run_name=cfg.tracking.run_name or cfg.name)
+    parent.set_tags({"stage": stage, **(tags or {})})
+    parent.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    try:
+        yield parent
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    parent.end("FINISHED")
+    print(f"MLflow: {parent.run_url()}")

@@ -453,6 +453,8 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
         prune.apply(model.net, rounds_done, example, k, calibrate=calibrate)
         if cfg.train.channels_last:
             model.net.to(memory_format=torch.channels_last)
+        if cfg.prune.recalibrate_bn:
+            recalibrate_batchnorm(model, train_set, cfg, device, cfg.prune.recalibrate_bn)
         rounds_done += 1
         if d.main:
             costs = profile_student(cfg, registry, model, data.splits["train"])
@@ -565,6 +567,31 @@ def _scores(model: AudioClassifier, inputs: dict[str, Inputs], cfg: DictConfig, 
 
 def _first_macs(costs: dict[str, float]) -> float:
     return next((v for k, v in costs.items() if k.startswith("student_macs_")), 0.0)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: AudioClassifier, train_set: Inputs, cfg: DictConfig, device: torch.device,
+                          n_batches: int) -> None:
+    """Re-estimate every BatchNorm's running mean/var as the exact average over ``n_batches``
+    training batches (momentum ``None``), the rest of the model in eval mode (no SpecAugment, no
+    dropout). Pruning changes the channels feeding each BatchNorm, so its stored statistics no
+    longer describe its input; torch.optim never touches them."""
+    norms = [m for m in model.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for idx in epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, 0, Dist(), n_batches):
+            x, _ = train_set.batch(idx)
+            model(**{train_set.input_kind: x.to(device)})
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def _calibrator(model: AudioClassifier, train_set: Inputs, cfg: DictConfig, device: torch.device,

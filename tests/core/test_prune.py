@@ -219,3 +219,35 @@ def test_latency_profiler_times_batch_one_with_the_median(tmp_path):
     assert prof.onnx(path, torch.zeros(1, 10)).median_ms > 0
     with pytest.raises(ValueError, match="runs >= 1"):
         load_registry().build("profiler", "latency", runs=0)
+
+
+def test_batchnorm_recalibration_sets_the_exact_statistics_of_the_training_batches():
+    from omegaconf import OmegaConf
+
+    from core.features import LogMelFrontend
+    from core.train import AudioClassifier, recalibrate_batchnorm
+    from plugins.students.mobilenet import build_mobilenet
+
+    torch.manual_seed(0)
+    model = AudioClassifier(LogMelFrontend(n_mels=32), build_mobilenet("mobilenet_v3_small", 3, 0.35))
+    bn = model.net.features[0][1]
+    bn.running_mean.fill_(5.0)  # stale statistics, as after pruning
+    feats = torch.randn(12, 32, 41)
+
+    class Inputs:  # a cached log-mel split
+        input_kind = "logmel"
+
+        def __len__(self):
+            return len(feats)
+
+        def batch(self, idx):
+            return feats[idx], torch.zeros(len(idx), dtype=torch.long)
+
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    cfg = OmegaConf.create({"train": {"batch_size": 4, "seed": 0}})
+    recalibrate_batchnorm(model.train(), Inputs(), cfg, torch.device("cpu"), n_batches=3)
+    hook.remove()
+    assert len(seen) == 3 and bn.momentum == 0.1 and model.training  # settings restored
+    expected = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0)  # cumulative average of batch means
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
