@@ -24,6 +24,7 @@ import logging
 import re
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -213,13 +214,8 @@ def student_row(cfg: DictConfig, registry: Registry, state: dict[str, Any], clip
     from core.train import profile_student
 
     model = student_from_state(registry, state)
-
-    class _Split:  # profile_student reads the clip length from the training split
-        pass
-
-    split = _Split()
-    split.clip_samples = clip_samples
-    costs = profile_student(cfg, registry, model, split)
+    # profile_student reads the clip length from the training split it is given
+    costs = profile_student(cfg, registry, model, SimpleNamespace(clip_samples=clip_samples))
     macs = next((v for k, v in costs.items() if k.startswith("student_macs_")), None)
     m = state.get("metrics", {})
     return {"module": model, "params": costs.get("student_params"), "macs": macs,

@@ -251,3 +251,16 @@ def test_batchnorm_recalibration_sets_the_exact_statistics_of_the_training_batch
     assert len(seen) == 3 and bn.momentum == 0.1 and model.training  # settings restored
     expected = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen]).mean(0)  # cumulative average of batch means
     assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+
+
+def test_pruned_ce_arm_and_export_switched_off(tiny, tmp_path):
+    cfg = tiny("task=compare", "compare.seeds=[0]", "compare.arms=[student,pruned]", "train.epochs=1",
+               "prune.epochs=1", "export.enabled=false")
+    out = run(cfg, tmp_path / "outputs" / "cmp")
+    student_run, pruned = out["runs"]
+    assert pruned["arm"] == "pruned" and pruned["macs"] < student_run["macs"]
+    assert pruned["before_prune_test_acc"] == pytest.approx(student_run["test_acc"])  # pruned the CE student
+    params = MlflowClient(cfg.tracking.uri).get_run(pruned["run_id"]).data.params
+    assert params["model.kd.enabled"] == "False"  # fine-tuned with CE
+    assert not (tmp_path / "outputs" / "cmp" / "summary.md").exists()  # no export with export.enabled=false
+    assert (tmp_path / "outputs" / "cmp" / "compare.md").read_text().count("pruned, CE fine-tune") == 1

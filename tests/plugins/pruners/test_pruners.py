@@ -143,3 +143,26 @@ def test_third_party_pruner_registers_through_an_entry_point_and_runs_by_name(ma
     channels = last.out_channels
     reg.build("pruner", "halve_last", importance="l1", scope="uniform", round_to=8).prune(net, EXAMPLE, 0.5, [])
     assert last.out_channels == channels // 2 and net(EXAMPLE).shape == (1, K)
+
+
+def channel_counts(net: nn.Module) -> list[int]:
+    return [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_ignored_layers_keep_their_channels_and_global_scope_prunes_layers_unevenly():
+    reg = load_registry()
+    plain, kept = student(width=1.0), student(width=1.0)
+    stem = kept.features[0][0]
+    reg.build("pruner", "structural").prune(plain, EXAMPLE, 0.5, output_layers(plain, K))
+    reg.build("pruner", "structural").prune(kept, EXAMPLE, 0.5, output_layers(kept, K) + [stem])
+    assert plain.features[0][0].out_channels < stem.out_channels == 16
+
+    uniform, ranked = student(), student()
+    reg.build("pruner", "structural", scope="uniform", round_to=None).prune(uniform, EXAMPLE, 0.5,
+                                                                           output_layers(uniform, K))
+    reg.build("pruner", "structural", scope="global", round_to=None).prune(ranked, EXAMPLE, 0.5,
+                                                                          output_layers(ranked, K))
+    original = channel_counts(student())
+    uniform_share = {round(a / b, 1) for a, b in zip(channel_counts(uniform), original) if b > 8}
+    ranked_share = {round(a / b, 1) for a, b in zip(channel_counts(ranked), original) if b > 8}
+    assert uniform_share == {0.5} and len(ranked_share) > 2  # global: each layer loses a different share
