@@ -54,6 +54,7 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, cost, label in ((axes[0], "macs", "MACs (M)"), (axes[1], "latency_onnx_ms", "onnxruntime latency (ms)")):
@@ -72,7 +73,11 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
                                 textcoords="offset points")
         fx = sorted((points[i][cost] / (1e6 if cost == "macs" else 1), points[i]["test_acc"]) for i in front)
         ax.plot([x for x, _ in fx], [y for _, y in fx], "k--", lw=0.8, label="Pareto front")
-        ax.set_xscale("log")
+        if cost == "macs":  # MACs span a decade or more; latency differs by a few ms
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
