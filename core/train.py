@@ -436,8 +436,7 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
             tracker.log_params({"prune_source_resolved": source["source"]})
             tracker.set_tags({"stage": "prune", "pruner": cfg.prune.method})
     targets = teacher.targets(cfg.model.kd.mode, data.splits["train"], device) if teacher is not None else None
-    example = torch.zeros(1, 1, cfg.aug.n_mels, model.frontend.num_frames(data.splits["train"].clip_samples),
-                          device=device)
+    example = network_input(cfg, model, data.splits["train"].clip_samples)
 
     def prune_round(epoch: int) -> None:
         """Score, prune one round, score again; the costs and scores go to MLflow."""
@@ -691,12 +690,17 @@ def _check_resume_compatible(state: dict[str, Any], cfg: DictConfig, data: DataB
                             "(raise train.epochs only in a new run)")
 
 
+def network_input(cfg: DictConfig, model: AudioClassifier, clip_samples: int) -> torch.Tensor:
+    """A zero ``[1, 1, n_mels, frames]`` network input for one clip (profiling, graph tracing)."""
+    frames = model.frontend.num_frames(clip_samples)
+    return torch.zeros(1, 1, cfg.aug.n_mels, frames, device=model.frontend.mean.device)
+
+
 def profile_student(cfg: DictConfig, registry: Registry, model: AudioClassifier,
                     train: WaveformSet) -> dict[str, float]:
     """Params and MACs of the student network (front end excluded) for one training input
     ``[1, 1, n_mels, frames]``, from each profiler in ``cfg.profilers``."""
-    frames = model.frontend.num_frames(train.clip_samples)
-    example = torch.zeros(1, 1, cfg.aug.n_mels, frames, device=model.frontend.mean.device)
+    example = network_input(cfg, model, train.clip_samples)
     metrics: dict[str, float] = {}
     for name in cfg.profilers:
         profiler = registry.build("profiler", name)
