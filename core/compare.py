@@ -153,12 +153,11 @@ def deployment_summary(cfg: DictConfig, registry: Registry, runs: list[dict[str,
     PyTorch on real test clips), test accuracy and macro-F1. Logged to the parent run."""
     from core import checkpoint as ckpt
     from core.data import prepare_data
-    from core.export import export_and_time, student_row, teacher_row, write_report
+    from core.export import export_and_time, parity_clips, student_row, teacher_row, write_report
     from core.teaching import prepare_teacher
 
     data = prepare_data(cfg, registry, prepare=True, progress=False)
     test = data.splits["test"]
-    clips = test.batch(list(range(min(len(test), cfg.export.parity_clips))))[0]
     seed = cfg.compare.seeds[0]
     models: dict[str, dict[str, Any]] = {}
     if cfg.model.teacher.name:
@@ -173,7 +172,7 @@ def deployment_summary(cfg: DictConfig, registry: Registry, runs: list[dict[str,
         row.update(test_acc=r["test_acc"], test_f1=r["test_f1"])
         models[NAMES[r["arm"]]] = row
     print(f"\n=== export and latency (seed {seed}) ===", flush=True)
-    rows = export_and_time(cfg, registry, models, clips, run_dir / "export")
+    rows = export_and_time(cfg, registry, models, parity_clips(cfg, data), run_dir / "export")
     return write_report(rows, cfg, run_dir, tracker, title="summary")
 
 

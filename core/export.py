@@ -217,52 +217,43 @@ def student_row(cfg: DictConfig, registry: Registry, state: dict[str, Any], clip
     # profile_student reads the clip length from the training split it is given
     costs = profile_student(cfg, registry, model, SimpleNamespace(clip_samples=clip_samples))
     macs = next((v for k, v in costs.items() if k.startswith("student_macs_")), None)
-    m = state.get("metrics", {})
-    return {"module": model, "params": costs.get("student_params"), "macs": macs,
-            "test_acc": m.get("test_acc"), "test_f1": m.get("test_f1"), "required": True}
+    # test scores come from the caller: a checkpoint holds only per-epoch metrics
+    return {"module": model, "params": costs.get("student_params"), "macs": macs, "required": True}
+
+
+def parity_clips(cfg: DictConfig, data: Any) -> torch.Tensor:
+    """The first ``export.parity_clips`` test clips ``[N, samples]``: real audio for the parity check."""
+    test = data.splits["test"]
+    return test.batch(list(range(min(len(test), cfg.export.parity_clips))))[0]
 
 
 def run_export(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[str, Any]]:
     """``task=export``: every student of ``export.sources`` (and the teacher) exported, checked and
     timed; scores come from the test split now, the table goes to an MLflow run (stage export)."""
     from core.data import prepare_data
-    from core import checkpoint as ckpt
-    from core.pruning import resolve_source
+    from core.pruning import load_student_source
     from core.teaching import prepare_teacher
-    from core.tracking import Tracker, resolve_uri
+    from core.tracking import parent_run, resolve_uri
     from core.train import evaluate, pick_device
 
     data = prepare_data(cfg, registry, prepare=True, progress=False)
     uri = resolve_uri(cfg.tracking.uri)
     test = data.splits["test"]
-    clips = test.batch(list(range(min(len(test), cfg.export.parity_clips))))[0]
     models: dict[str, dict[str, Any]] = {}
     for i, spec in enumerate(cfg.export.sources):
-        path, described = resolve_source(spec, uri, "export.sources")
-        state = ckpt.load(path, source=described)
-        if not isinstance(state, dict) or "model" not in state or "config" not in state:
-            raise ExportError(f"export.sources: {described} is not a student checkpoint of this toolkit")
-        if state.get("class_names") != data.class_names:
-            raise ExportError(f"export.sources: {described} was trained on classes {state.get('class_names')}, "
-                              f"this run has {data.class_names}: use the same data.dataset and data.classes")
+        # any student of these classes: it is rebuilt from its own config
+        state = load_student_source(spec, cfg, data.class_names, uri, what="export.sources", same_student=False)
         row = student_row(cfg, registry, state, test.clip_samples)
         s = evaluate(row["module"], test, cfg, torch.device("cpu"))
         row.update(test_acc=s.acc, test_f1=s.f1)
-        models[f"student{i}-{path.parent.parent.name}"] = row
+        models[f"student{i}-{Path(state['source_path']).parent.parent.name}"] = row
     if cfg.export.teacher and cfg.model.teacher.name:
         t = prepare_teacher(cfg, registry, data, pick_device(cfg.train.device))
         models[f"teacher-{t.name}"] = teacher_row(cfg, t)
-    tracker = Tracker(uri, cfg.tracking.experiment)
-    tracker.start(run_name=cfg.tracking.run_name or cfg.name)
-    tracker.set_tags({"stage": "export"})
-    try:
-        rows = export_and_time(cfg, registry, models, clips, run_dir / "export")
+    with parent_run(cfg, "export") as tracker:
+        rows = export_and_time(cfg, registry, models, parity_clips(cfg, data), run_dir / "export")
         table = write_report(rows, cfg, run_dir / "export", tracker)
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
-    print("\n" + table + f"\nONNX files: {run_dir / 'export'}\nMLflow: {tracker.run_url()}", flush=True)
+        print("\n" + table + f"\nONNX files: {run_dir / 'export'}", flush=True)
     return rows
 
 
@@ -273,4 +264,5 @@ def teacher_row(cfg: DictConfig, teacher: Any) -> dict[str, Any]:
             "test_f1": teacher.scores.get("teacher_test_f1"), "required": False}
 
 
-__all__ = ["ExportError", "check_parity", "export_and_time", "export_onnx", "run_export", "student_from_state"]
+__all__ = ["ExportError", "check_parity", "export_and_time", "export_onnx", "parity_clips", "run_export",
+           "student_from_state"]

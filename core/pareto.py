@@ -91,7 +91,7 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
 
 def run_pareto(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[str, Any]]:
     from core.data import prepare_data
-    from core.export import export_and_time, student_row, write_report
+    from core.export import export_and_time, parity_clips, student_row, write_report
     from core.train import fit
 
     points: list[dict[str, Any]] = []
@@ -120,13 +120,12 @@ def run_pareto(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[
 
         data = prepare_data(cfg, registry, prepare=True, progress=False)
         test = data.splits["test"]
-        clips = test.batch(list(range(min(len(test), cfg.export.parity_clips))))[0]
         models = {}
         for i, p in enumerate(points):
             row = student_row(cfg, registry, ckpt.load(Path(p["run_dir"]) / "checkpoints" / "best.pt"),
                               test.clip_samples)
             models[f"p{i:02d}-w{p['width']:g}-r{p['ratio']:g}-{p['finetune']}"] = row
-        timed = export_and_time(cfg, registry, models, clips, run_dir / "export")
+        timed = export_and_time(cfg, registry, models, parity_clips(cfg, data), run_dir / "export")
         for p, t in zip(points, timed):
             p.update(params=t["params"], macs=t["macs"], latency_torch_ms=t["latency_torch_ms"],
                      latency_onnx_ms=t["latency_onnx_ms"], latency_onnx_net_ms=t.get("latency_onnx_net_ms"))

@@ -70,15 +70,16 @@ def resolve_source(spec: str, tracking_uri: str, what: str = "prune.source") -> 
 
 
 def load_student_source(spec: str, cfg: DictConfig, class_names: list[str], tracking_uri: str,
-                        what: str = "prune.source") -> dict[str, Any]:
-    """The source checkpoint, checked against this run: same classes, student arch and width."""
+                        what: str = "prune.source", same_student: bool = True) -> dict[str, Any]:
+    """The source checkpoint, checked against this run: same classes and (``same_student``)
+    student arch and width. Adds ``source`` (a description) and ``source_path`` (the local file)."""
     path, described = resolve_source(spec, tracking_uri, what)
     state = ckpt.load(path, source=described)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise PruneError(f"{what}: {described} is not a student checkpoint of this toolkit (no 'model'/'config'); "
                          f"give a best.pt or last.pt written by a training run")
     old = state["config"]["model"]["student"]
-    for key in ("arch", "width_mult"):
+    for key in ("arch", "width_mult") if same_student else ():
         if old[key] != cfg.model.student[key]:
             raise PruneError(f"{what}: {described} is a {old['arch']} with width_mult={old['width_mult']}, "
                              f"this run builds {cfg.model.student.arch} with width_mult={cfg.model.student.width_mult}: "
@@ -86,7 +87,7 @@ def load_student_source(spec: str, cfg: DictConfig, class_names: list[str], trac
     if state.get("class_names") != class_names:
         raise PruneError(f"{what}: {described} was trained on classes {state.get('class_names')}, this run has "
                          f"{class_names}: use the same data.dataset and data.classes")
-    state["source"] = described
+    state["source"], state["source_path"] = described, str(path)
     return state
 
 
