@@ -7,6 +7,7 @@ hands us without running code from it.
 
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,19 @@ class CheckpointError(UserError, RuntimeError):
 
 def save(state: dict[str, Any], path: Path) -> Path:
     """Write atomically: a crash or a full disk mid-write leaves the previous file intact."""
-    with atomic_path(Path(path)) as tmp:
-        torch.save(state, tmp)
-    return Path(path)
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = "the previous one is intact" if path.is_file() else "no earlier one existed"
+        raise CheckpointError(
+            f"no space left on device writing checkpoint {path} ({kept}, nothing half-written was left). "
+            f"Free space under {path.parent}, then continue the run with train.resume=auto "
+            f"(or train.resume={path.parent.parent})") from exc
+    return path
 
 
 def load(path: Path | str, source: str | None = None, hint: str = "") -> Any:

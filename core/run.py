@@ -19,6 +19,7 @@ from core.registry import load_registry
 from core.compare import run_compare
 from core.export import run_export
 from core.profile import run_profile
+from core.tracking import check_store, resolve_uri
 from core.train import Result, fit
 
 log = logging.getLogger("core.run")
@@ -30,6 +31,7 @@ def run(cfg: DictConfig, run_dir: Path):
     """Validate the composed config, resolve components by name and run its ``task``: ``train``
     returns the :class:`~core.train.Result`, ``profile`` the report rows, ``compare`` the summary."""
     validate(cfg)
+    check_store(resolve_uri(cfg.tracking.uri))  # before any download, render or training
     registry = load_registry()
     if cfg.task == "profile":
         return run_profile(cfg, registry, run_dir)

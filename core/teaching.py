@@ -39,7 +39,7 @@ from core.fsutil import atomic_path
 from core.metrics import Scores, score
 from core.registry import Registry
 from core.teacher import Teacher, TeacherEnsemble
-from core.tracking import Tracker, flatten, resolve_uri
+from core.tracking import PENDING, Tracker, flatten, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def _train_and_store(cfg: DictConfig, registry: Registry, ensemble: TeacherEnsem
     from core import train as loop  # the loop's pieces (a module import: core.train imports this one)
 
     t = cfg.model.teacher
-    tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
+    tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment, spool=folder / PENDING)
     run_id = tracker.start(run_name=f"teacher-{t.name}")
     tracker.set_tags({"stage": "teacher", "teacher": t.name, "dataset": cfg.data.dataset, "teacher_key": key})
     tracker.log_params({**flatten({"teacher": {k: v for k, v in spec.items() if k != "clips"}}),

@@ -4,6 +4,12 @@ The tracking URI comes from ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, els
 local store ``sqlite:///<cwd>/mlflow.db`` (MLflow 3's default; its old ``./mlruns`` file store
 refuses to start). A remote server is checked before any training starts, so a typo in the URI
 costs seconds, not an epoch.
+
+A server that stops answering mid-run does not stop the run nor lose what it logs: the tracker
+writes every call it could not make to ``<run dir>/mlflow-pending.jsonl`` (one JSON line each,
+fsynced), retries the server every ``RETRY_EVERY_S`` seconds and replays the file in order when it
+answers again. If it is still down when the run ends, ``python -m core.sync <run dir>`` replays it
+later (the run's metrics and checkpoints are on disk in the run folder meanwhile).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import contextlib
 import json
 import logging
 import os
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +28,16 @@ from typing import Any, Iterator, Mapping
 from core.errors import UserError
 
 log = logging.getLogger(__name__)
+
+#: Seconds between attempts to reach a server that stopped answering (while calls are spooled).
+RETRY_EVERY_S = 30.0
+#: The spool's file name inside a run folder.
+PENDING = "mlflow-pending.jsonl"
+#: MLflow's own HTTP retries default to 7 with exponential backoff (minutes per call when the server
+#: is down); the tracker has its own retry-and-spool, so a call gives up after seconds instead. A
+#: value the user set in the environment wins.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 #: Without this tag MLflow 3 opens an experiment in its GenAI view instead of the runs table.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
@@ -46,6 +64,15 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
             with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
                 if resp.status != 200:
                     raise TrackingError(f"MLflow server {uri} answered {resp.status} on /health")
+            api = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+            try:
+                urllib.request.urlopen(api, timeout=timeout).close()  # noqa: S310
+            except urllib.error.HTTPError as exc:
+                raise TrackingError(
+                    f"{uri} answers /health but not the MLflow API (HTTP {exc.code} on {api}): is it an MLflow "
+                    f"tracking server? Fix tracking.uri / MLFLOW_TRACKING_URI") from exc
+        except TrackingError:
+            raise
         except (urllib.error.URLError, OSError) as exc:
             raise TrackingError(
                 f"MLflow server {uri} is not reachable ({exc}). Start it (e.g. `make ui` for the local "
@@ -74,14 +101,23 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """Logs to one MLflow run. Rank != 0 processes get ``Tracker(enabled=False)``, which logs nothing."""
+    """Logs to one MLflow run. Rank != 0 processes get ``Tracker(enabled=False)``, which logs nothing.
 
-    def __init__(self, uri: str, experiment: str, enabled: bool = True) -> None:
+    Args:
+        spool: where calls that could not reach a remote server wait (``<run dir>/mlflow-pending.jsonl``);
+            None = a failed call raises.
+    """
+
+    def __init__(self, uri: str, experiment: str, enabled: bool = True, spool: Path | None = None) -> None:
         self.uri = uri
         self.experiment = experiment
         self.enabled = enabled
+        self.spool = Path(spool) if spool is not None and is_remote(uri) else None
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self._client = None
+        self._down_since: float | None = None  # monotonic time of the last failed attempt
+        self._spooled = 0
 
     def start(self, run_name: str | None = None, run_id: str | None = None) -> str | None:
         """Start a new run, or continue ``run_id`` (resume)."""
@@ -91,66 +127,178 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         check_store(self.uri)
+        if is_remote(self.uri):
+            for key, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(key, value)
         mlflow.set_tracking_uri(self.uri)
         client = MlflowClient(self.uri)
-        exp = client.get_experiment_by_name(self.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
-        client.set_experiment_tag(exp_id, *EXPERIMENT_KIND_TAG)
-        if run_id is not None:
-            run = client.get_run(run_id)  # raises with a clear MLflow message when it does not exist
-            client.update_run(run.info.run_id, status="RUNNING")
-        else:
-            run = client.create_run(exp_id, run_name=run_name)
+        try:
+            exp = client.get_experiment_by_name(self.experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+            client.set_experiment_tag(exp_id, *EXPERIMENT_KIND_TAG)
+            if run_id is not None:
+                run = client.get_run(run_id)
+                client.update_run(run.info.run_id, status="RUNNING")
+            else:
+                run = client.create_run(exp_id, run_name=run_name)
+        except Exception as exc:  # noqa: BLE001 - the MLflow client raises many types
+            what = f"run {run_id}" if run_id else f"experiment {self.experiment!r}"
+            raise TrackingError(
+                f"MLflow store {self.uri} answered /health but refused to open {what}: "
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}. Check that the URI points at "
+                f"an MLflow tracking server (and the run id, when resuming)."
+            ) from exc
         self._client = client
+        self.experiment_id = exp_id
         self.run_id = run.info.run_id
+        if self.spool is not None and self.spool.is_file():  # left by an earlier attempt of this run
+            self._down_since = -float("inf")
+            self._retry()
         return self.run_id
 
     # --- logging ------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        existing = self._client.get_run(self.run_id).data.params
-        items = [p for p in items if p.key not in existing]  # params are write-once (resume)
-        for i in range(0, len(items), 100):  # MLflow's batch limit
-            self._client.log_batch(self.run_id, params=items[i:i + 100])
+        self._call({"op": "params", "items": {k: str(v)[:6000] for k, v in params.items()}})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if not self.enabled:
-            return
-        import time
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        self._call({"op": "metrics", "items": [[k, float(v), now, int(step)] for k, v in metrics.items()]})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.enabled:
-            for k, v in tags.items():
-                self._client.set_tag(self.run_id, k, str(v))
+        self._call({"op": "tags", "items": {k: str(v) for k, v in tags.items()}})
 
     def end(self, status: str = "FINISHED") -> None:
-        if self.enabled and self.run_id is not None:
-            self._client.set_terminated(self.run_id, status=status)
+        if not self.enabled or self.run_id is None:
+            return
+        self._call({"op": "end", "status": status})
+        if self.pending:
+            print(f"warning: MLflow server {self.uri} is still unreachable; the run's last "
+                  f"{self._spooled} logging calls wait in {self.spool} (metrics, checkpoints and plots are "
+                  f"in {self.spool.parent}). When the server is back, upload them with:\n"
+                  f"    python -m core.sync {self.spool.parent}", file=sys.stderr, flush=True)
+
+    @property
+    def pending(self) -> bool:
+        """True while calls wait in the spool for the server to come back."""
+        return self._down_since is not None
 
     def run_url(self) -> str:
         """Where to look at the run: a browser URL for servers, the `make ui` hint for local stores."""
         if not self.enabled or self.run_id is None:
             return ""
-        exp = self._client.get_experiment_by_name(self.experiment)
-        path = f"#/experiments/{exp.experiment_id}/runs/{self.run_id}"
-        if self.uri.startswith(("http://", "https://")):
+        path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        if is_remote(self.uri):
             return f"{self.uri.rstrip('/')}/{path}"
         return f"run {self.run_id} in {self.uri} (open it with `make ui`, then http://127.0.0.1:5000/{path})"
+
+    # --- the server may go away -----------------------------------------------------------------
+    def _call(self, op: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        op = {"uri": self.uri, "run_id": self.run_id, **op}
+        if self.pending and not self._retry():
+            self._append(op)
+            return
+        try:
+            apply(self._client, op)
+        except Exception as exc:  # noqa: BLE001 - which failures are outages is decided below
+            if self.spool is None or not _server_down(self.uri):
+                raise
+            self._down_since = time.monotonic()
+            print(f"warning: MLflow server {self.uri} stopped answering ({type(exc).__name__}); training goes "
+                  f"on, logging calls wait in {self.spool} and are sent when it answers again (retried every "
+                  f"{RETRY_EVERY_S:g} s)", file=sys.stderr, flush=True)
+            self._append(op)
+
+    def _append(self, op: dict[str, Any]) -> None:
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.spool, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(op) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())  # a killed run still leaves every call it made
+        self._spooled += 1
+
+    def _retry(self) -> bool:
+        """Replay the spool if the last attempt is old enough; True when it is empty afterwards."""
+        if time.monotonic() - self._down_since < RETRY_EVERY_S:
+            return False
+        sent = replay(self.spool, self._client)
+        if self.spool.is_file():
+            self._down_since = time.monotonic()
+            return False
+        self._down_since, self._spooled = None, 0
+        print(f"MLflow server {self.uri} answers again: sent {sent} waiting logging calls", file=sys.stderr,
+              flush=True)
+        return True
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _server_down(uri: str) -> bool:
+    try:
+        check_store(uri, timeout=5.0)
+    except TrackingError:
+        return True
+    return False
+
+
+def apply(client: Any, op: dict[str, Any]) -> None:
+    """Make one logging call (as the tracker spools them) against ``client``."""
+    from mlflow.entities import Metric, Param
+
+    run_id = op["run_id"]
+    kind = op["op"]
+    if kind == "params":
+        existing = client.get_run(run_id).data.params
+        items = [Param(k, v) for k, v in op["items"].items() if k not in existing]  # write-once (resume)
+        for i in range(0, len(items), 100):  # MLflow's batch limit
+            client.log_batch(run_id, params=items[i:i + 100])
+    elif kind == "metrics":
+        items = [Metric(k, v, ts, step) for k, v, ts, step in op["items"]]
+        for i in range(0, len(items), 1000):
+            client.log_batch(run_id, metrics=items[i:i + 1000])
+    elif kind == "artifact":
+        client.log_artifact(run_id, op["path"], op["artifact_path"])
+    elif kind == "tags":
+        for k, v in op["items"].items():
+            client.set_tag(run_id, k, v)
+    elif kind == "end":
+        client.set_terminated(run_id, status=op["status"])
+    else:
+        raise TrackingError(f"unknown spooled call {kind!r}")
+
+
+def replay(spool: Path, client: Any) -> int:
+    """Send the spooled calls in order; returns how many were sent. On the first failure the
+    unsent rest is written back (atomically), so a call is never sent twice nor lost."""
+    from core.fsutil import atomic_write_text
+
+    lines = [line for line in Path(spool).read_text(encoding="utf-8").splitlines() if line.strip()]
+    sent = 0
+    for i, line in enumerate(lines):
+        try:
+            op = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a run killed mid-write
+            log.warning("%s: line %d is not complete JSON; dropped: %.200s", spool, i + 1, line)
+            continue
+        try:
+            apply(client, op)
+        except Exception as exc:  # noqa: BLE001
+            if _server_down(op["uri"]):  # kept for the next attempt
+                atomic_write_text(Path(spool), "".join(f"{rest}\n" for rest in lines[i:]))
+                return sent
+            # the server answers but refuses this one call (e.g. a deleted artifact file): say so, go on
+            print(f"warning: MLflow refused a waiting {op['op']} call for run {op['run_id']}: "
+                  f"{type(exc).__name__}: {str(exc).strip()[:300]}", file=sys.stderr, flush=True)
+            continue
+        sent += 1
+    Path(spool).unlink()
+    return sent
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import json
 import logging
 import math
 import os
@@ -34,7 +36,7 @@ from core.pruning import PruneStage, load_student_source
 from core.registry import Registry
 from core.structure import describe, rebuild
 from core.teaching import prepare_teacher
-from core.tracking import Tracker, flatten, resolve_uri
+from core.tracking import PENDING, Tracker, flatten, resolve_uri
 from core.waveforms import WaveformSet
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,25 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def same_weights(self, model: nn.Module) -> list[str]:
+        """Every rank's :func:`weights_sha256` of ``model``'s parameters (rank order); raises if they
+        differ, i.e. the replicas drifted apart (a collective skipped on one rank, a rank-local change).
+
+        Buffers (BatchNorm running statistics) are first copied from rank 0: DDP does the same at the
+        start of every training forward, so after the last step each rank still holds the statistics
+        of its own last batch; rank 0's are the ones checkpointed."""
+        mine = weights_sha256(dict(model.named_parameters()))
+        if self.world == 1:
+            return [mine]
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+        every: list[str] = [""] * self.world
+        dist.all_gather_object(every, mine)
+        if len(set(every)) > 1:
+            raise TrainingError(f"DDP replicas ended with different weights (sha256 per rank: {every}); "
+                                f"the checkpoint holds rank 0's")
+        return every
+
     def main_first(self, fn: Callable[[bool], T]) -> T:
         """Run ``fn(is_main)`` on rank 0, then on the other ranks once it is done, so work that
         writes shared files (downloads, renders, caches) happens once and the rest reads it."""
@@ -104,6 +125,16 @@ class Dist:
         if not self.main:
             result = fn(False)
         return result
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A digest of a state dict's names and exact tensor bytes (dtype and shape included)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(state[name].shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 @attrs.define
@@ -422,7 +453,8 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
             print(f"resuming {resume_path} at epoch {start_epoch + 1}/{epochs}")
 
     # --- tracking ------------------------------------------------------------------------------
-    tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment, enabled=d.main)
+    tracker = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment, enabled=d.main,
+                      spool=run_dir / PENDING)
     run_id = tracker.start(run_name=cfg.tracking.run_name or cfg.name, run_id=run_id)
     ckpt_dir = run_dir / "checkpoints"
     if parent_run_id:
@@ -509,6 +541,10 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
                       f"train_acc {train_metrics['train_acc']:.3f}  val_acc {val.acc:.3f}  "
                       f"val_f1 {val.f1:.3f}  ({train_time:.1f} s, "
                       f"{metrics['train_samples_per_s']:.1f} samples/s)", flush=True)
+        if d.world > 1:
+            replicas = d.same_weights(model)
+            if d.main:
+                tracker.set_tags({"ddp_world_size": d.world, "ddp_weights_sha256": json.dumps(replicas)})
     except BaseException:
         tracker.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
         raise
@@ -714,7 +750,6 @@ def profile_student(cfg: DictConfig, registry: Registry, model: AudioClassifier,
 
 def _log_run_inputs(tracker: Tracker, cfg: DictConfig, data: DataBundle, model: AudioClassifier,
                     run_dir: Path, costs: dict[str, float]) -> None:
-    import json
 
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.update({"num_classes": data.num_classes,
