@@ -19,6 +19,7 @@ from core.registry import load_registry
 from core.compare import run_compare
 from core.export import run_export
 from core.profile import run_profile
+from core.sweep import fail_parent, parent_of_this_job
 from core.tracking import check_store, resolve_uri
 from core.train import Result, fit
 
@@ -27,9 +28,14 @@ log = logging.getLogger("core.run")
 register_schema()
 
 
-def run(cfg: DictConfig, run_dir: Path):
+def run(cfg: DictConfig, run_dir: Path, parent_run_id: str | None = None, tags: dict[str, str] | None = None):
     """Validate the composed config, resolve components by name and run its ``task``: ``train``
-    returns the :class:`~core.train.Result`, ``profile`` the report rows, ``compare`` the summary."""
+    returns the :class:`~core.train.Result`, ``profile`` the report rows, ``compare`` the summary.
+
+    Args:
+        parent_run_id, tags: for a sweep job (``-m``), the sweep's parent run and the job's tags
+            (train and prune runs nest under it; compare/pareto open their own parent run).
+    """
     validate(cfg)
     check_store(resolve_uri(cfg.tracking.uri))  # before any download, render or training
     registry = load_registry()
@@ -43,15 +49,18 @@ def run(cfg: DictConfig, run_dir: Path):
         from core.pareto import run_pareto
 
         return run_pareto(cfg, registry, run_dir)
-    return fit(cfg, registry, run_dir)
+    return fit(cfg, registry, run_dir, parent_run_id=parent_run_id, tags=tags)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> None:
+    parent, tags = parent_of_this_job(cfg.tracking.run_name or cfg.name)
     try:
-        result = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        result = run(cfg, Path(HydraConfig.get().runtime.output_dir), parent_run_id=parent, tags=tags)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if parent:
+            fail_parent(parent, cfg)
         sys.exit(2)
     if isinstance(result, Result) and result.metrics:
         m = result.metrics

@@ -360,11 +360,13 @@ def find_resume(cfg: DictConfig) -> Path | None:
     return max(candidates)[1]
 
 
-def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str | None = None) -> Result:
+def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None) -> Result:
     """Train the configured student on the configured dataset; returns the final scores.
 
     Args:
-        parent_run_id: an MLflow run to nest this one under (the comparison's parent run).
+        parent_run_id: an MLflow run to nest this one under (the comparison's or sweep's parent run).
+        tags: more MLflow tags for the run (a sweep job's overrides).
     """
     device_kind = "cuda" if cfg.train.device.startswith("cuda") or (
         cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -459,6 +461,8 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
     ckpt_dir = run_dir / "checkpoints"
     if parent_run_id:
         tracker.set_tags({"mlflow.parentRunId": parent_run_id})
+    if tags:
+        tracker.set_tags(tags)
     costs = profile_student(cfg, registry, model, data.splits["train"]) if d.main else {}
     if d.main and state is None:
         _log_run_inputs(tracker, cfg, data, model, run_dir, costs)
