@@ -25,22 +25,26 @@ class StageProgress:
         enabled: False = silent.
         log_every_s: seconds between log lines when stderr is not a terminal.
         logger: where those lines go.
+        final_line: log a closing line when not on a terminal (off when the caller prints its own).
     """
 
     def __init__(self, label: str, *, total: int | None = None, unit: str = "items", noun: str = "",
-                 enabled: bool = True, log_every_s: float = 10.0, logger: logging.Logger | None = None) -> None:
+                 enabled: bool = True, log_every_s: float = 10.0, logger: logging.Logger | None = None,
+                 final_line: bool = True) -> None:
         if unit not in ("items", "bytes"):
             raise ValueError(f"unit={unit!r}; valid: items, bytes")
         self.label, self.unit, self.noun, self.enabled, self.log_every_s = label, unit, noun, enabled, log_every_s
+        self.final_line = final_line
         self.log = logger or logging.getLogger(__name__)
         self.total = total
         self.completed = 0
         self._bar = None
         self._task = None
-        self._logged_at = time.monotonic()
+        self._logged_at = self._t0 = time.monotonic()
 
     def start(self, total: int | None = None) -> StageProgress:
         self.total = total
+        self._t0 = time.monotonic()
         if self.enabled and sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -65,17 +69,24 @@ class StageProgress:
             self.log.info("%s", self.line())
 
     def line(self) -> str:
+        """``decoded 12/40 audio files (3 s, ETA 7 s)``: done so far, elapsed, and the time left at
+        the mean rate so far (when the total is known)."""
         if self.unit == "bytes":
             of = f" of {self.total / _MB:.1f}" if self.total else ""
-            return f"{self.label}: {self.completed / _MB:.1f}{of} MB"
-        of = f"/{self.total}" if self.total is not None else ""
-        return f"{self.label} {self.completed}{of} {self.noun}".rstrip()
+            text = f"{self.label}: {self.completed / _MB:.1f}{of} MB"
+        else:
+            of = f"/{self.total}" if self.total is not None else ""
+            text = f"{self.label} {self.completed}{of} {self.noun}".rstrip()
+        elapsed = time.monotonic() - self._t0
+        if self.total and 0 < self.completed < self.total:
+            return f"{text} ({elapsed:.0f} s, ETA {elapsed * (self.total - self.completed) / self.completed:.0f} s)"
+        return f"{text} ({elapsed:.0f} s)"
 
     def stop(self) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-        elif self.enabled:
+        elif self.enabled and self.final_line:
             self.log.info("%s", self.line())
 
     def track(self, items: Iterable[T], total: int) -> Iterator[T]:

@@ -36,6 +36,7 @@ from torch import nn
 from core import checkpoint as ckpt
 from core.errors import UserError
 from core.fsutil import atomic_path
+from core.progress import StageProgress
 from core.metrics import Scores, score
 from core.registry import Registry
 from core.teacher import Teacher, TeacherEnsemble
@@ -366,7 +367,9 @@ def _finetune(cfg: DictConfig, member: nn.Module, data: Any, keep: np.ndarray, d
     for epoch in range(int(t.epochs)):
         t0 = time.perf_counter()
         batches = batches_for(epoch)
-        metrics = loop.train_one_epoch(member, ce, train, batches, opt, sched, None, tcfg, device, epoch)
+        with loop.epoch_progress(f"teacher member {m + 1} epoch {epoch + 1}/{t.epochs}", len(batches), True) as bar:
+            metrics = loop.train_one_epoch(member, ce, train, batches, opt, sched, None, tcfg, device, epoch,
+                                           progress=bar)
         val = loop.evaluate(member, data.splits["valid"], tcfg, device)
         if val.f1 > best_f1:
             best_f1, best_state = val.f1, {k: v.detach().clone() for k, v in member.state_dict().items()}
@@ -425,14 +428,15 @@ def _fit_head_on_embeddings(cfg: DictConfig, member: Teacher, data: Any, keep: n
 
 
 def _run_logits(module: nn.Module, waves: Any, device: torch.device, batch_size: int,
-                fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+                fn: Callable[[torch.Tensor], torch.Tensor] | None = None, label: str = "teacher logits") -> np.ndarray:
     module.eval()
     fn = fn or module
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), StageProgress(label, total=len(waves), noun="clips", logger=log) as progress:
         for start in range(0, len(waves), batch_size):
             wave, _ = waves.batch(range(start, min(len(waves), start + batch_size)))
             out.append(fn(wave.to(device)).float().cpu().numpy())
+            progress.update(advance=wave.shape[0])
     return np.concatenate(out).astype(np.float32)
 
 
@@ -506,7 +510,8 @@ def embeddings(member: Teacher, waves: Any, device: torch.device, folder: Path, 
         h.update(_tensor_bytes(tensor))
     ident = f"{backbone_key}|{h.hexdigest()}|{_structure(member)}|{Path(waves.npy_path).name}"
     path = folder / "embeddings" / f"emb-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.npy"
-    return _cached_array(path, len(waves), lambda: _run_logits(member, waves, device, batch_size, member.embed))
+    return _cached_array(path, len(waves), lambda: _run_logits(member, waves, device, batch_size, member.embed,
+                                                                 "teacher embeddings"))
 
 
 def _structure(module: nn.Module) -> str:

@@ -32,6 +32,7 @@ from core.data import DataBundle, prepare_data
 from core.errors import UserError
 from core.features import LogMelFrontend, LogMelSet, WaveAugment, build_logmel_cache
 from core.metrics import Scores, plot_confusion, score, score_predictions
+from core.progress import StageProgress
 from core.pruning import PruneStage, load_student_source
 from core.registry import Registry
 from core.structure import describe, rebuild
@@ -265,9 +266,10 @@ Inputs = WaveformSet | LogMelSet  # what a split is fed from: cached waveforms o
 def train_one_epoch(model: nn.Module, loss_fn: Any, waves: Inputs, batches: list[list[int]],
                     opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler | None,
                     cfg: DictConfig, device: torch.device, epoch: int,
-                    teacher: Any = None) -> dict[str, float]:
+                    teacher: Any = None, progress: StageProgress | None = None) -> dict[str, float]:
     """One pass over ``batches``. ``teacher`` (KD) maps a batch's clip indices to teacher logits:
-    a cached table (offline) or the teacher itself (online, fed the same augmented waveform)."""
+    a cached table (offline) or the teacher itself (online, fed the same augmented waveform).
+    ``progress`` advances by one per step."""
     model.train()
     base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     sums: dict[str, float] = {}
@@ -308,6 +310,8 @@ def train_one_epoch(model: nn.Module, loss_fn: Any, waves: Inputs, batches: list
         else:
             opt.step()
         sched.step()
+        if progress is not None:
+            progress.update(advance=1)
         n = target.shape[0]
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
@@ -318,6 +322,13 @@ def train_one_epoch(model: nn.Module, loss_fn: Any, waves: Inputs, batches: list
     out = {"train_loss": s.loss, "train_acc": s.acc, "train_f1": s.f1}
     out.update({f"train_loss_{k}": v / seen for k, v in sums.items() if k != "total"})
     return out
+
+
+def epoch_progress(label: str, steps: int, enabled: bool) -> StageProgress:
+    """A bar with ETA over an epoch's steps on a terminal; elsewhere a log line every 30 s of a long
+    epoch (the epoch's own summary line follows it, so no closing line)."""
+    return StageProgress(label, total=steps, noun="steps", enabled=enabled, log_every_s=30.0, logger=log,
+                         final_line=False)
 
 
 @torch.inference_mode()
@@ -513,8 +524,9 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
             t0 = time.perf_counter()
             batches = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, d,
                                     cfg.train.max_steps_per_epoch)
-            train_metrics = train_one_epoch(train_model, loss_fn, train_set, batches, opt, sched,
-                                            scaler, cfg, device, epoch, teacher=targets)
+            with epoch_progress(f"epoch {epoch + 1}/{epochs}", len(batches), d.main) as bar:
+                train_metrics = train_one_epoch(train_model, loss_fn, train_set, batches, opt, sched,
+                                                scaler, cfg, device, epoch, teacher=targets, progress=bar)
             train_time = time.perf_counter() - t0
             val = evaluate(model, inputs["valid"], cfg, device)
             improved = val.f1 > best_f1
