@@ -3,6 +3,11 @@
 ``<dataset dir>/nsynth-<split>/examples.json`` plus ``<dataset dir>/nsynth-<split>/audio/<note_str>.wav``
 for split in train/valid/test. Both dataset plugins (NSynth downloaded or on disk, GMNotes rendered)
 write this layout, so one reader serves both.
+
+``examples.json`` may come from anywhere (a copy on disk, a mirror), so it is read defensively: an
+entry is used only if its key is a plain ``note_str`` (letters, digits, ``_`` and ``-``: never a path,
+so no entry can make the reader touch a file outside ``audio/``) and its value is an object whose
+``instrument_family_str`` is an NSynth family. Other entries are skipped and counted in one warning.
 """
 
 from __future__ import annotations
@@ -10,17 +15,20 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
 from core.fsutil import atomic_write_text
-from plugins.datasets.families import mapping_text, resolve_classes
+from plugins.datasets.families import FAMILIES, mapping_text, resolve_classes
 
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 _SPLIT_ALIASES = {"val": "valid", "validation": "valid"}
+#: What a ``note_str`` may hold: it names ``audio/<note_str>.wav``, so no separators, dots or NULs.
+NOTE_STR_RE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
 class DatasetError(UserError, RuntimeError):
@@ -36,6 +44,34 @@ def canonical_split(split: str) -> str:
 
 def split_dir(dataset_dir: Path, split: str) -> Path:
     return Path(dataset_dir) / f"nsynth-{canonical_split(split)}"
+
+
+def entry_problem(note_str: str, entry: Any) -> str | None:
+    """Why the ``examples.json`` entry ``note_str: entry`` cannot be used, or None if it can."""
+    name = _shown(note_str)
+    if not NOTE_STR_RE.fullmatch(note_str):
+        return f"{name} is not a note_str (letters, digits, _ and - only, as in bass_synthetic_033-050-100)"
+    if not isinstance(entry, dict):
+        return f"{name}: the entry is a JSON {json_type(entry)}, not an object"
+    if "instrument_family_str" not in entry:
+        return f"{name}: the entry has no instrument_family_str"
+    family = entry["instrument_family_str"]
+    if not isinstance(family, str) or family not in FAMILIES:
+        shown = _shown(family) if isinstance(family, str) else f"a JSON {json_type(family)}"
+        return f"{name}: instrument_family_str is {shown}; valid: {', '.join(FAMILIES)}"
+    return None
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``repr`` of a name from a file, cut short: a key may be megabytes of garbage."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (object, array, string ...), for messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 class NSynthLayoutDataset:
@@ -93,7 +129,7 @@ class NSynthLayoutDataset:
         per_class: dict[int, list[tuple[Path, int, dict[str, Any]]]] = {i: [] for i in label_of.values()}
         missing = 0
         for note_str, entry in sorted(meta.items()):
-            family = entry.get("instrument_family_str")
+            family = entry["instrument_family_str"]  # read_examples checked it is a family name
             if family not in label_of:
                 continue
             path = sdir / "audio" / f"{note_str}.wav"
@@ -123,13 +159,37 @@ class NSynthLayoutDataset:
 
     @staticmethod
     def read_examples(sdir: Path) -> dict[str, dict[str, Any]]:
+        """The usable entries of ``sdir/examples.json`` (see the module docstring); the others are
+        skipped with one warning that counts them and names the first.
+
+        Raises:
+            DatasetError: the file is missing, unreadable, not JSON, or not one JSON object.
+        """
         path = sdir / "examples.json"
         if not path.is_file():
             raise DatasetError(f"{path} not found: the dataset is not prepared at this root")
         try:
             meta = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
+        except OSError as exc:
+            raise DatasetError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path} is not UTF-8 text ({exc}); it must be NSynth's examples.json, "
+                               f"one JSON object keyed by note_str") from exc
+        # ValueError also covers JSONDecodeError and integers too long to convert; RecursionError,
+        # absurdly deep nesting.
+        except (ValueError, RecursionError) as exc:
+            raise DatasetError(f"{path} is not valid JSON ({exc}); it must be NSynth's examples.json, "
+                               f"one JSON object keyed by note_str") from exc
         if not isinstance(meta, dict):
-            raise DatasetError(f"{path} must hold one JSON object keyed by note_str")
-        return {k: v for k, v in meta.items() if isinstance(v, dict)}
+            raise DatasetError(f"{path} holds a JSON {json_type(meta)}; it must be one JSON object "
+                               f"keyed by note_str")
+        usable: dict[str, dict[str, Any]] = {}
+        problems: list[str] = []
+        for note_str, entry in meta.items():
+            if (problem := entry_problem(note_str, entry)) is None:
+                usable[note_str] = entry
+            else:
+                problems.append(problem)
+        if problems:
+            log.warning("%s: %d of %d entries skipped, e.g. %s", path, len(problems), len(meta), problems[0])
+        return usable

@@ -31,6 +31,17 @@ the same order with the same budget, so the same notes are kept, and a note alre
 in the state with its size) is not written again. A finished split is marked complete, its ``.part``
 deleted, and it is never fetched again.
 
+Retries. Within a run, a connection that drops, or stalls (no byte for ``timeout`` seconds), is
+reopened from the byte where it stopped (``Range``, with ``If-Range`` so a changed archive is not
+spliced onto the old one), up to ``retries`` times per archive, waiting 0, 1, 2, 4 ... (at most 30)
+seconds between tries. When they run out the error says so and a rerun resumes. A server that
+cannot be reached at all, or answers with an HTTP error, is reported at once.
+
+Broken archives. An archive cut short (the gzip stream ends early) keeps the notes read so far:
+they decoded exactly. A corrupt one (bad deflate data, CRC mismatch, garbage tar headers) may
+have produced garbage before the damage showed, so its notes are deleted too. Either way the
+``.part`` is discarded, ``examples.json`` is not written and the split stays incomplete.
+
 Safety. Only regular files named ``nsynth-<split>/examples.json`` or
 ``nsynth-<split>/audio/<letters, digits, _ or ->.wav`` are written, to paths built from that name;
 links, devices, absolute or ``..`` paths and anything else are refused with a warning.
@@ -63,7 +74,7 @@ from plugins.datasets.families import FAMILIES, resolve_classes
 from core.fsutil import atomic_write_text
 from core.progress import StageProgress
 from plugins.datasets.layout import (SPLITS, DatasetError, NSynthLayoutDataset,
-                                     canonical_split, split_dir)
+                                     canonical_split, entry_problem, json_type, split_dir)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +82,8 @@ DEFAULT_BASE_URL = "http://download.magenta.tensorflow.org/datasets/nsynth"
 SCHEMES: tuple[str, ...] = ("http", "https", "file")
 STATE_FILE = "download_state.json"
 BYTES_PER_MB = 1_000_000
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_RETRIES = 5
 #: Share of the byte budget each split gets; valid and test are small held-out sets.
 SPLIT_WEIGHTS: dict[str, float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
 #: The small splits first, so the budget they leave unused flows to train.
@@ -80,6 +93,7 @@ _CHUNK = 1 << 16
 _STATE_VERSION = 1
 _STATE_SAVE_EVERY_S = 2.0  # rewriting the state after every note would be quadratic in notes
 _PROGRESS_LOG_EVERY_S = 15.0
+_RETRY_WAIT_MAX_S = 30.0
 _NOTE_RE = re.compile(rf"({'|'.join(sorted(FAMILIES, key=len, reverse=True))})_[a-z]+_\d+-\d+-\d+")
 _LOCAL_DIR_HINT = (
     "If you have NSynth on disk, set data.options.NSynth.local_dir to the folder holding "
@@ -98,6 +112,15 @@ class NSynthDownloadError(UserError, RuntimeError):
 
 class NSynthArchiveError(NSynthDownloadError):
     """An archive is corrupt, truncated, or has no ``examples.json``; its partial data was discarded."""
+
+
+class _TransientError(NSynthDownloadError):
+    """A failure worth retrying: the connection was refused, reset, timed out, or the server had a
+    temporary problem (HTTP 408, 429, 5xx). ``what`` says what happened, without the hints."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"{what}. {_LOCAL_DIR_HINT}")
 
 
 def archive_url(base_url: str, split: str) -> str:
@@ -123,7 +146,8 @@ def check_base_url(base_url: str) -> str:
 
 def download_NSynth(root: str | Path, classes: Iterable[str] | None, max_total_size_mb: float,
                     base_url: str = DEFAULT_BASE_URL, splits: Iterable[str] = SPLITS,
-                    timeout: float = 30.0, progress: bool = True) -> Path:
+                    timeout: float = DEFAULT_TIMEOUT_S, progress: bool = True,
+                    retries: int = DEFAULT_RETRIES) -> Path:
     """Download the notes of ``classes`` from NSynth's archives into ``<root>/NSynth``.
 
     Resumes an interrupted download; splits already complete are not fetched again.
@@ -134,24 +158,27 @@ def download_NSynth(root: str | Path, classes: Iterable[str] | None, max_total_s
         max_total_size_mb: cap on the bytes of kept WAVs over all splits (1 MB = 10**6 bytes).
         base_url: folder URL holding ``nsynth-<split>.jsonwav.tar.gz`` (http, https or file).
         splits: which of train/valid/test to fetch.
-        timeout: seconds to wait on the connection before giving up.
+        timeout: seconds without a byte from the server (connecting, or mid-download) before the
+            attempt counts as failed; a stalled download is then retried.
         progress: show a progress bar (on a terminal) or periodic log lines.
+        retries: how many times a dropped or stalled download of one archive is reopened where it
+            stopped before giving up (0 = never); a rerun resumes in any case.
 
     Returns:
         ``<root>/NSynth``.
 
     Raises:
         NSynthOptionError: a bad argument or URL scheme. ``ClassNameError``: an unknown class name.
-        NSynthDownloadError: the server could not be reached or failed (rerun to resume).
+        NSynthDownloadError: the server could not be reached or failed, or the connection
+            kept failing after ``retries`` retries (rerun to resume).
         NSynthArchiveError: an archive is broken. DatasetError: ``<root>/NSynth`` holds a
             download made for other classes or another budget.
     """
     check_base_url(base_url)
     families = [fam for _, fam in resolve_classes(list(classes or []))]
     budget = _budget_bytes(max_total_size_mb)
-    if not timeout > 0:
-        raise NSynthOptionError(f"data.options.NSynth.timeout must be a positive number of seconds, "
-                                f"got {timeout!r}")
+    timeout = _check_timeout(timeout)
+    retries = _check_retries(retries)
     wanted = _fetch_order(splits)
     out_dir = Path(root).expanduser() / "NSynth"
     state = _State(out_dir / STATE_FILE)
@@ -166,8 +193,33 @@ def download_NSynth(root: str | Path, classes: Iterable[str] | None, max_total_s
         if record is None:
             record = state.start_split(split, wanted)
         _SplitFetch(split, archive_url(base_url, split), out_dir, families, record, state,
-                    timeout, progress).run()
+                    timeout, retries, progress).run()
     return out_dir
+
+
+def _check_timeout(timeout: Any) -> float:
+    try:
+        seconds = float(timeout) if not isinstance(timeout, bool) else math.nan
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise NSynthOptionError(f"data.options.NSynth.timeout must be a positive number of seconds "
+                                f"(e.g. {DEFAULT_TIMEOUT_S:g}), got {timeout!r}")
+    return seconds
+
+
+def _check_retries(retries: Any) -> int:
+    if isinstance(retries, float) and retries.is_integer():
+        retries = int(retries)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise NSynthOptionError(f"data.options.NSynth.retries must be a whole number >= 0 "
+                                f"(e.g. {DEFAULT_RETRIES}; 0 = never retry), got {retries!r}")
+    return retries
+
+
+def _retry_wait(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...): at once, then 1, 2, 4 ... s."""
+    return 0.0 if attempt <= 1 else min(2.0 ** (attempt - 2), _RETRY_WAIT_MAX_S)
 
 
 def _budget_bytes(max_total_size_mb: float) -> int:
@@ -210,12 +262,14 @@ class _State:
         if path.is_file():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSON and UTF-8 errors
                 raise DatasetError(f"{path} is unreadable ({exc}); delete it to restart the download") \
                     from exc
             if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
                 raise DatasetError(f"{path} was written by another version; delete it to restart "
                                    f"the download")
+            if not isinstance(data.get("splits"), dict) or not isinstance(data.get("request"), (dict, type(None))):
+                raise DatasetError(f"{path} is damaged; delete it to restart the download")
             self.data = data
         self._saved_at = -math.inf
 
@@ -351,11 +405,13 @@ def _open_remote(url: str, offset: int, timeout: float, validator: str | None) -
             log.warning("%s: the server refused to resume at byte %d; downloading it again", url, offset)
             return _open_remote(url, 0, timeout, None)
         hint = " (no such archive: check data.options.NSynth.base_url)" if exc.code == 404 else ""
-        raise NSynthDownloadError(f"{url}: HTTP {exc.code} {exc.reason}{hint}. {_LOCAL_DIR_HINT}") from exc
+        what = f"{url}: HTTP {exc.code} {exc.reason}{hint}"
+        if exc.code in (408, 429) or exc.code >= 500:
+            raise _TransientError(what) from exc
+        raise NSynthDownloadError(f"{what}. {_LOCAL_DIR_HINT}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
-        raise NSynthDownloadError(
-            f"cannot reach the NSynth server at {url}: {reason}. {_LOCAL_DIR_HINT}") from exc
+        raise _TransientError(f"cannot reach the NSynth server at {url}: {reason}") from exc
 
     etag = resp.headers.get("ETag")
     new_validator = etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified")
@@ -375,11 +431,14 @@ def _open_remote(url: str, offset: int, timeout: float, validator: str | None) -
 
 class _ArchiveBytes:
     """The compressed bytes of one archive, in order: the ``.part`` prefix an earlier run left,
-    then the network body, appended to the ``.part`` as it arrives so a later run can resume."""
+    then the network body, appended to the ``.part`` as it arrives so a later run can resume.
+    A body that drops or stalls is reopened where it stopped, up to ``retries`` times."""
 
-    def __init__(self, url: str, part: Path, record: dict[str, Any], timeout: float,
+    def __init__(self, url: str, part: Path, record: dict[str, Any], timeout: float, retries: int,
                  on_read: Callable[[int], None]) -> None:
-        self.url = url
+        self.url, self.timeout, self.retries = url, timeout, retries
+        self.record = record
+        self.attempts = 0  # retries used so far
         self.on_read = on_read
         part.parent.mkdir(parents=True, exist_ok=True)
         have = part.stat().st_size if part.is_file() else 0
@@ -412,21 +471,73 @@ class _ArchiveBytes:
             return self._advance(data)
         if self.remote is None:
             return b""
-        try:
-            data = self.remote.body.read(size)
-        except (OSError, http.client.HTTPException) as exc:
-            raise NSynthDownloadError(
-                f"reading {self.url} failed after {self.pos} bytes ({exc}); run again to resume from there"
-            ) from exc
+        while True:
+            try:
+                # read1: what has arrived, so a stall loses nothing already received.
+                data = self.remote.body.read1(size)
+            except (OSError, http.client.HTTPException) as exc:
+                failure = self._describe(exc)
+            else:
+                if data or self.total is None or self.pos >= self.total:
+                    break
+                failure = f"the connection to {self.url} closed after {self.pos} of {self.total} bytes"
+            self._reopen(failure)
         if not data:
-            if self.total is not None and self.pos < self.total:
-                raise NSynthDownloadError(
-                    f"the connection to {self.url} closed after {self.pos} of {self.total} bytes; "
-                    f"run again to resume from there"
-                )
             return b""
         self._sink.write(data)
         return self._advance(data)
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError since Python 3.10
+            return (f"the download of {self.url} stalled: no data for {self.timeout:g} s "
+                    f"(data.options.NSynth.timeout) after {self.pos} bytes")
+        return f"reading {self.url} failed after {self.pos} bytes ({exc})"
+
+    def _reopen(self, failure: str) -> None:
+        """Reopen the body at byte ``pos``, or raise once ``retries`` retries have been used."""
+        assert self.remote is not None
+        self.remote.body.close()
+        self._sink.flush()
+        while True:
+            if self.attempts >= self.retries:
+                tried = f" and {self.attempts} retries" if self.attempts else " (retries disabled)"
+                raise NSynthDownloadError(
+                    f"{failure}; giving up after that{tried} (data.options.NSynth.retries). "
+                    f"The {self.pos} bytes read are kept: run again to resume from there")
+            self.attempts += 1
+            wait = _retry_wait(self.attempts)
+            log.warning("%s; retry %d of %d from byte %d%s", failure, self.attempts, self.retries,
+                        self.pos, f" in {wait:g} s" if wait else "")
+            time.sleep(wait)
+            try:
+                self.remote = self._resume_at(self.pos)
+                return
+            except _TransientError as exc:
+                failure = exc.what
+
+    def _resume_at(self, offset: int) -> _Remote:
+        """A body positioned at ``offset`` of the same archive, skipping what a server that ignores
+        ``Range`` sends again; the archive changing underneath is an NSynthArchiveError."""
+        remote = _open_remote(self.url, offset, self.timeout, self.record.get("validator"))
+        changed = ((self.total is not None and remote.total is not None and remote.total != self.total)
+                   or (remote.start == 0 and offset and remote.validator and self.record.get("validator")
+                       and remote.validator != self.record["validator"]))
+        if changed:
+            remote.body.close()
+            raise NSynthArchiveError(
+                f"{self.url} changed on the server while it was being downloaded; the partial data "
+                f"was discarded, run again to download it afresh")
+        left = offset - remote.start
+        try:
+            while left > 0:  # a 200 answer: the bytes already on disk come again
+                chunk = remote.body.read(min(left, _CHUNK))
+                if not chunk:
+                    raise OSError("the connection closed before reaching the resume point")
+                left -= len(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            remote.body.close()
+            raise _TransientError(self._describe(exc)) from exc
+        return remote
 
     def _advance(self, data: bytes) -> bytes:
         self.pos += len(data)
@@ -464,8 +575,10 @@ class _SplitFetch:
     """One pass over one split's archive, keeping the requested notes within the split's budget."""
 
     def __init__(self, split: str, url: str, out_dir: Path, families: list[str],
-                 record: dict[str, Any], state: _State, timeout: float, progress: bool) -> None:
+                 record: dict[str, Any], state: _State, timeout: float, retries: int,
+                 progress: bool) -> None:
         self.split, self.url, self.record, self.state, self.timeout = split, url, record, state, timeout
+        self.retries = retries
         self.families = families
         self.sdir = split_dir(out_dir, split)
         self.audio = self.sdir / "audio"
@@ -484,7 +597,8 @@ class _SplitFetch:
         for stale in [*self.sdir.glob(".*.part"), *self.audio.glob(".*.part")]:
             stale.unlink()  # temp files of an interrupted run
         try:
-            raw = _ArchiveBytes(self.url, self.part, self.record, self.timeout, lambda pos: self.progress.update(pos))
+            raw = _ArchiveBytes(self.url, self.part, self.record, self.timeout, self.retries,
+                                lambda pos: self.progress.update(pos))
             try:
                 self.progress.start(raw.total)
                 log.info("nsynth-%s: reading %s%s (budget %.1f MB for %s)", self.split, self.url,
@@ -521,11 +635,20 @@ class _SplitFetch:
                         return
             while gz.read(_CHUNK):  # the rest is tar padding; reading it verifies the gzip trailer
                 pass
-        except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as exc:
+        except EOFError as exc:  # cut short: what decoded so far is exact, so the notes are kept
             raise NSynthArchiveError(
-                f"{self.url} is corrupt or truncated near byte {raw.pos} ({exc}). The partial data was "
-                f"discarded and nsynth-{self.split} is marked incomplete; if it happens again the archive "
-                f"there is damaged. {_LOCAL_DIR_HINT}"
+                f"{self.url} is truncated: the archive ends after {raw.pos} bytes ({exc}). The partial "
+                f"download was discarded (the notes written so far are kept) and nsynth-{self.split} is "
+                f"marked incomplete: run again to download the rest afresh; if it happens again the "
+                f"archive there is damaged. {_LOCAL_DIR_HINT}"
+            ) from exc
+        except (zlib.error, gzip.BadGzipFile, tarfile.TarError) as exc:
+            deleted = self._discard_notes()
+            raise NSynthArchiveError(
+                f"{self.url} is corrupt near byte {raw.pos} ({exc}): the data read from it cannot be "
+                f"trusted, so the partial download and the {deleted} notes written from it were "
+                f"deleted and nsynth-{self.split} is marked incomplete. Run again to download it afresh; "
+                f"if it happens again the archive there is damaged. {_LOCAL_DIR_HINT}"
             ) from exc
         if self.meta is None:
             raise NSynthArchiveError(
@@ -556,14 +679,35 @@ class _SplitFetch:
                 f"{self.url}: examples.json ends after {len(data)} of {member.size} bytes")
         try:
             everything = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # ValueError covers JSON and UTF-8 errors and integers too long to convert; RecursionError,
+        # absurdly deep nesting.
+        except (ValueError, RecursionError) as exc:
             raise NSynthArchiveError(
-                f"{self.url}: nsynth-{self.split}/examples.json is not valid JSON: {exc}") from exc
+                f"{self.url}: nsynth-{self.split}/examples.json is not valid JSON ({exc}); it must be one "
+                f"JSON object keyed by note_str. If it happens again the archive there is damaged. "
+                f"{_LOCAL_DIR_HINT}") from exc
         if not isinstance(everything, dict):
-            raise NSynthArchiveError(f"{self.url}: examples.json must be one object keyed by note_str")
+            raise NSynthArchiveError(
+                f"{self.url}: nsynth-{self.split}/examples.json holds a JSON {json_type(everything)}; "
+                f"it must be one object keyed by note_str. {_LOCAL_DIR_HINT}")
         wanted = set(self.families)
-        self.meta = {k: v for k, v in everything.items() if isinstance(v, dict) and family_of(k) in wanted}
+        self.meta, problems = {}, []
+        for note, entry in everything.items():
+            family = family_of(note)
+            if family not in wanted:
+                continue  # also every name that is not a plain note_str
+            problem = entry_problem(note, entry)
+            if problem is None and entry["instrument_family_str"] != family:
+                problem = (f"{note!r}: instrument_family_str is {entry['instrument_family_str']!r}, "
+                           f"but the name says {family!r}")
+            if problem is None:
+                self.meta[note] = entry
+            else:
+                problems.append(problem)
         del everything
+        if problems:
+            log.warning("nsynth-%s: %d entries of examples.json for the requested families are malformed "
+                        "and their notes are skipped, e.g. %s", self.split, len(problems), problems[0])
         # Notes kept before examples.json arrived, but not described by it, are not kept.
         orphans = [note for note in self.kept if note not in self.meta]
         for note in orphans:
@@ -606,6 +750,17 @@ class _SplitFetch:
         self.kept[note] = member.size
         kept = sum(self.budget.kept.values())
         self.progress.update(label=f"nsynth-{self.split} (kept {kept / BYTES_PER_MB:.1f} MB)")
+
+    def _discard_notes(self) -> int:
+        """Delete every note of this split written from the archive (in this run or an earlier
+        one, as recorded in the state) and forget them; returns how many there were."""
+        notes = set(self.kept) | set(self.record["files"])
+        for note in notes:
+            (self.audio / f"{note}.wav").unlink(missing_ok=True)
+        self.kept.clear()
+        self.record["files"] = {}
+        self.record["kept_bytes"] = 0
+        return len(notes)
 
     def _drop(self, note: str) -> None:
         size = self.kept.pop(note)
@@ -678,7 +833,8 @@ class NSynthDataset(NSynthLayoutDataset):
         base_url: where the ``nsynth-<split>.jsonwav.tar.gz`` archives are.
         local_dir: an NSynth copy on disk holding ``nsynth-train/`` etc.; nothing is downloaded.
         splits: splits to download (or to expect in ``local_dir``).
-        timeout: network timeout in seconds.
+        timeout: seconds without a byte from the server before an attempt counts as failed.
+        retries: reconnections per archive after a dropped or stalled download.
     """
 
     sample_rate: int = 16000
@@ -686,7 +842,7 @@ class NSynthDataset(NSynthLayoutDataset):
     def __init__(self, root: str | Path, classes: list[str] | None, max_total_size_mb: float,
                  max_per_class: int | None, seed: int, *, base_url: str = DEFAULT_BASE_URL,
                  local_dir: str | Path | None = None, splits: Iterable[str] = SPLITS,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES) -> None:
         self.root = Path(root).expanduser()
         self.local_dir = Path(local_dir).expanduser() if local_dir else None
         super().__init__(self.local_dir or self.root / "NSynth", list(classes or []), max_per_class, seed)
@@ -695,13 +851,14 @@ class NSynthDataset(NSynthLayoutDataset):
         self.max_total_size_mb = max_total_size_mb
         self.base_url = check_base_url(base_url)
         self.splits = _fetch_order(splits)
-        self.timeout = float(timeout)
+        self.timeout = _check_timeout(timeout)
+        self.retries = _check_retries(retries)
 
     def prepare(self) -> None:
         """Download what is missing (or check ``local_dir``), then write the class map."""
         if self.local_dir is None:
             download_NSynth(self.root, self.class_names, self.max_total_size_mb, self.base_url,
-                            self.splits, self.timeout)
+                            self.splits, self.timeout, retries=self.retries)
         else:
             self._check_local_dir()
         self.write_class_map()
@@ -727,7 +884,8 @@ class NSynthDataset(NSynthLayoutDataset):
             )
 
 
-_OPTIONS: tuple[str, ...] = ("base_url", "local_dir", "splits", "timeout")
+#: The keys of ``data.options.NSynth``: see :class:`NSynthDataset` and :func:`download_NSynth`.
+_OPTIONS: tuple[str, ...] = ("base_url", "local_dir", "retries", "splits", "timeout")
 
 
 def build_nsynth(root: str | Path, classes: list[str] | None, max_total_size_mb: float,

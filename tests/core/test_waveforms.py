@@ -4,12 +4,15 @@ import json
 import logging
 import os
 import pickle
+import struct
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio.functional as AF
 from torch.utils.data import DataLoader
 
 from core import waveforms
@@ -131,6 +134,49 @@ def test_load_audio_errors_name_file_and_reason(tmp_path):
         assert isinstance(info.value, UserError)  # reported without a traceback
 
 
+def test_load_audio_refuses_a_truncated_wav(tmp_path):
+    full = write_int16(tmp_path / "full.wav", np.arange(1000) - 500).read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(full[: len(full) - 600])  # header intact, the last 300 samples missing
+    assert len(sf.read(cut)[0]) == 700  # libsndfile alone would quietly return what is there
+    with pytest.raises(AudioError, match=r"truncated: the WAV header declares 2000 bytes .* holds 1400"):
+        load_audio(cut, SR)
+    # A streamed WAV whose header could not be patched (data size 0xFFFFFFFF) is not truncated.
+    streamed = tmp_path / "streamed.wav"
+    streamed.write_bytes(full[:40] + struct.pack("<I", 0xFFFFFFFF) + full[44:])
+    assert load_audio(streamed, SR).numel() == 1000
+
+
+def wav_with_rate(path: Path, sr: int, samples: np.ndarray) -> Path:
+    """A 16-bit mono WAV whose header declares ``sr`` (soundfile refuses to write absurd rates)."""
+    pcm = samples.astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, sr, (sr * 2) & 0xFFFFFFFF, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(pcm)) + pcm
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def test_load_audio_refuses_implausible_sample_rates(tmp_path):
+    samples = np.arange(100) * 50
+    for sr in (1, 999, 768_001, 2**31 - 1):
+        with pytest.raises(AudioError, match=rf"implausible sample rate {sr} Hz.*valid: 1000-768000 Hz"):
+            load_audio(wav_with_rate(tmp_path / f"{sr}.wav", sr, samples), SR)
+
+
+def test_odd_sample_rate_resamples_quickly_and_correctly(tmp_path):
+    # 44101:16000 does not reduce: an exact sinc kernel would need 2.8 GB (about 16 s for 0.5 s of audio).
+    sr = 44101
+    path = wav_with_rate(tmp_path / "odd.wav", sr, tone(440.0, 0.5, sr) * 32767)
+    started = time.monotonic()
+    wave = load_audio(path, SR)
+    assert time.monotonic() - started < 2.0
+    assert abs(wave.numel() - SR // 2) <= 2
+    assert abs(dominant_freq(wave, SR) - 440.0) <= 2.0
+    # Ratios that reduce to small terms are resampled exactly as torchaudio does.
+    x = torch.from_numpy(tone(440.0, 0.1, 44100))
+    assert torch.equal(waveforms.resample(x, 44100, SR), AF.resample(x, 44100, SR))
+
+
 def test_fit_length_pads_and_crops():
     wave = torch.arange(1.0, 6.0)
     assert torch.equal(fit_length(wave, 3), torch.tensor([1.0, 2.0, 3.0]))
@@ -210,7 +256,12 @@ def test_cache_skips_and_reports_bad_files(tmp_path, caplog):
     empty = tmp_path / "audio" / "empty.wav"
     empty.write_bytes(b"")
     silent = write_int16(tmp_path / "audio" / "silent.wav", np.zeros(CLIP))
-    mixed = [items[0], (corrupt, 7), items[1], (empty, 8), (silent, 9), items[2], items[3]]
+    whole = write_int16(tmp_path / "audio" / "truncated.wav", np.full(CLIP, 3000)).read_bytes()
+    truncated = tmp_path / "audio" / "truncated.wav"
+    truncated.write_bytes(whole[: 44 + CLIP])  # a valid header, half of the data chunk
+    missing = tmp_path / "audio" / "missing.wav"  # listed, never written
+    mixed = [items[0], (corrupt, 7), items[1], (empty, 8), (silent, 9), items[2], (truncated, 10),
+             (missing, 11), items[3]]
 
     with caplog.at_level(logging.WARNING, logger="core.waveforms"):
         ws = build_waveform_cache(mixed, SR, CLIP, tmp_path / "cache", progress=False)
@@ -219,11 +270,15 @@ def test_cache_skips_and_reports_bad_files(tmp_path, caplog):
     assert ws.labels.tolist() == [label for _, label in items]
     assert torch.equal(ws.batch(range(4))[0], expected_rows(items))
     reasons = dict(ws.skipped)
-    assert set(reasons) == {str(corrupt), str(empty), str(silent)}
+    assert set(reasons) == {str(corrupt), str(empty), str(silent), str(truncated), str(missing)}
     assert "cannot decode" in reasons[str(corrupt)]
     assert "empty" in reasons[str(empty)]
     assert "silent" in reasons[str(silent)]
-    assert "skipped 3 of 7" in caplog.text and str(corrupt) in caplog.text
+    assert "truncated" in reasons[str(truncated)] and f"declares {2 * CLIP} bytes" in reasons[str(truncated)]
+    assert "does not exist" in reasons[str(missing)]
+    assert "skipped 5 of 9" in caplog.text
+    for path in (corrupt, truncated, missing):
+        assert f"{path}: {reasons[str(path)]}" in caplog.text
     # The skip list survives a reload from the manifest.
     again = build_waveform_cache(mixed, SR, CLIP, tmp_path / "cache", progress=False)
     assert again.skipped == ws.skipped

@@ -3,6 +3,7 @@ that serves tiny NSynth-layout archives built here and can misbehave on purpose.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -11,6 +12,7 @@ import re
 import socket
 import tarfile
 import threading
+import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -109,17 +111,25 @@ def standard_archives() -> dict[str, bytes]:
 
 # --- a local, scriptable HTTP server ----------------------------------------------------------
 class ArchiveServer:
-    """Serves ``files`` (name -> bytes) under ``/nsynth/`` with Range support, logging each request.
+    """Serves ``files`` (name -> bytes) under ``/nsynth/`` with Range and If-Range support (the ETag
+    is a hash of the bytes), logging each request.
 
-    Misbehaviour on purpose: ``drop_after[name] = n`` sends only n body bytes on the next request for
-    ``name`` and closes the connection; ``ignore_range`` answers 200 with the whole file.
+    Misbehaviour on purpose, each for the next request(s) for ``name`` (an int: the next one; a list:
+    one entry per request, in order):
+    ``drop_after[name] = n`` sends only n body bytes and closes the connection;
+    ``stall_after[name] = n`` sends n body bytes, then nothing while keeping the connection open
+    (until the server closes); ``swap_after_drop[name] = data`` serves ``data`` from then on, once a
+    request for ``name`` was dropped. ``ignore_range`` answers 200 with the whole file.
     """
 
     def __init__(self, files: dict[str, bytes] | None = None) -> None:
         self.files: dict[str, bytes] = dict(files or {})
         self.log: list[dict[str, Any]] = []
-        self.drop_after: dict[str, int] = {}
+        self.drop_after: dict[str, int | list[int]] = {}
+        self.stall_after: dict[str, int | list[int]] = {}
+        self.swap_after_drop: dict[str, bytes] = {}
         self.ignore_range = False
+        self.released = threading.Event()  # ends every stall
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -138,6 +148,17 @@ class ArchiveServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/nsynth"
 
+    @staticmethod
+    def _next(plan: dict[str, Any], name: str) -> int | None:
+        """The misbehaviour planned for this request for ``name``, consumed."""
+        todo = plan.get(name)
+        if isinstance(todo, list):
+            value = todo.pop(0)
+            if not todo:
+                del plan[name]
+            return value
+        return plan.pop(name, None)
+
     def _serve(self, req: BaseHTTPRequestHandler) -> None:
         name = req.path.rsplit("/", 1)[-1]
         entry: dict[str, Any] = {"name": name, "range": req.headers.get("Range"), "status": 404, "sent": 0}
@@ -146,9 +167,11 @@ class ArchiveServer:
         if data is None:
             req.send_error(404)
             return
+        etag = f'"{hashlib.sha1(data).hexdigest()[:12]}"'
         start, status = 0, 200
         match = re.fullmatch(r"bytes=(\d+)-", entry["range"] or "")
-        if match and not self.ignore_range:
+        if_range = req.headers.get("If-Range")
+        if match and not self.ignore_range and if_range in (None, etag):
             start, status = int(match.group(1)), 206
             if start >= len(data):
                 entry["status"] = 416
@@ -159,21 +182,31 @@ class ArchiveServer:
         req.send_response(status)
         req.send_header("Content-Type", "application/gzip")
         req.send_header("Content-Length", str(len(body)))
-        req.send_header("ETag", '"v1"')
+        req.send_header("ETag", etag)
         if status == 206:
             req.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         req.end_headers()
-        limit = self.drop_after.pop(name, None)
+        drop, stall = self._next(self.drop_after, name), self._next(self.stall_after, name)
+        limit = drop if drop is not None else stall
         if limit is not None:
             body = body[:limit]
             req.close_connection = True
         try:
             req.wfile.write(body)
             entry["sent"] = len(body)
+            if stall is not None:
+                self.released.wait(60)  # the socket stays open, silent: the client must time out
         except (BrokenPipeError, ConnectionResetError):  # the client stopped reading early
             entry["sent"] = "aborted by the client"
+        if drop is not None and name in self.swap_after_drop:
+            self.files[name] = self.swap_after_drop.pop(name)
+
+    def sent(self, name: str) -> int:
+        """Body bytes sent for ``name`` over all requests."""
+        return sum(e["sent"] for e in self.log if e["name"] == name)
 
     def close(self) -> None:
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -293,8 +326,9 @@ def test_resume_after_dropped_connection_fetches_only_the_rest(tmp_path, example
     srv.drop_after[name] = cut
     root = tmp_path / "resumed"
     try:
-        with pytest.raises(NSynthDownloadError, match="run again to resume"):
-            download_NSynth(root, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False)
+        with pytest.raises(NSynthDownloadError, match="run again to resume"):  # retries=0: no retry
+            download_NSynth(root, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False,
+                            retries=0)
         record = state(root)["splits"]["train"]
         assert record["status"] == "partial" and record["files"]
         assert (root / "NSynth" / ".partial" / f"{name}.part").stat().st_size == cut
@@ -332,7 +366,7 @@ def test_resume_when_server_ignores_range_restarts_without_rewriting(tmp_path):
     try:
         with pytest.raises(NSynthDownloadError):
             download_NSynth(tmp_path, ["reed", "bass"], 100.0, base_url=srv.base_url, splits=["train"],
-                            progress=False)
+                            progress=False, retries=0)
         before = stats(tmp_path, "train")
         assert before
         n_requests = len(srv.log)
@@ -346,6 +380,176 @@ def test_resume_when_server_ignores_range_restarts_without_rewriting(tmp_path):
     assert {n: after[n] for n in before} == before
     expected = {n for n, (_, m) in notes.items() if m["instrument_family_str"] in ("reed", "bass")}
     assert set(wavs(tmp_path, "train")) == expected
+
+
+def clean_copy(tmp_path: Path, archive: bytes, classes: list[str], budget_mb: float) -> Path:
+    """The same split downloaded by a server that never misbehaves: what every resume must equal."""
+    srv = ArchiveServer({ARCHIVE.format("train"): archive})
+    try:
+        download_NSynth(tmp_path / "clean", classes, budget_mb, base_url=srv.base_url, splits=["train"],
+                        progress=False)
+    finally:
+        srv.close()
+    return tmp_path / "clean"
+
+
+def assert_contiguous(srv: ArchiveServer, name: str, size: int) -> None:
+    """Every request asked for the byte after the last one received: nothing was sent twice."""
+    at = 0
+    for entry in srv.log:
+        assert entry["range"] == (f"bytes={at}-" if at else None), srv.log
+        at += entry["sent"]
+    assert at == srv.sent(name) == size
+
+
+def test_dropped_connection_is_retried_in_the_same_run_from_where_it_stopped(tmp_path, caplog):
+    archive = build_archive("train", SPLIT_NOTES["train"], examples_at="end", seed=13)
+    name = ARCHIVE.format("train")
+    classes, budget_mb = ["bass", "reed"], 100.0
+    srv = ArchiveServer({name: archive})
+    srv.drop_after[name] = [len(archive) // 3, len(archive) // 3]  # two drops, then a whole answer
+    caplog.set_level(logging.WARNING, logger=nsynth.__name__)
+    try:
+        download_NSynth(tmp_path / "root", classes, budget_mb, base_url=srv.base_url, splits=["train"],
+                        progress=False)
+    finally:
+        srv.close()
+    assert [e["status"] for e in srv.log] == [200, 206, 206]
+    assert_contiguous(srv, name, len(archive))
+    assert "retry 1 of 5" in caplog.text and "retry 2 of 5" in caplog.text
+    clean = clean_copy(tmp_path, archive, classes, budget_mb)
+    assert wavs(tmp_path / "root", "train") == wavs(clean, "train")
+    assert examples(tmp_path / "root", "train") == examples(clean, "train")
+
+
+def test_stalled_download_times_out_and_resumes_with_a_range_request(tmp_path):
+    archive = build_archive("train", SPLIT_NOTES["train"], examples_at="end", seed=14)
+    name = ARCHIVE.format("train")
+    classes, budget_mb = ["string", "synth_lead"], 100.0
+    srv = ArchiveServer({name: archive})
+    srv.stall_after[name] = stall = int(len(archive) * 0.45)
+    started = time.monotonic()
+    try:
+        download_NSynth(tmp_path / "root", classes, budget_mb, base_url=srv.base_url, splits=["train"],
+                        progress=False, timeout=1.0)
+    finally:
+        srv.close()
+    elapsed = time.monotonic() - started
+    assert elapsed < 10  # one 1 s timeout and an immediate retry, not a hang
+    assert srv.log == [{"name": name, "range": None, "status": 200, "sent": stall},
+                       {"name": name, "range": f"bytes={stall}-", "status": 206, "sent": len(archive) - stall}]
+    expected = {n for n, (_, m) in SPLIT_NOTES["train"].items() if m["instrument_family_str"] in classes}
+    got = wavs(tmp_path / "root", "train")
+    assert set(got) == expected and all(got[n] == SPLIT_NOTES["train"][n][0] for n in got)
+    assert examples(tmp_path / "root", "train") == {n: SPLIT_NOTES["train"][n][1] for n in expected}
+    assert state(tmp_path / "root")["splits"]["train"]["status"] == "complete"
+
+
+def test_retries_run_out_with_an_error_naming_url_cause_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(nsynth, "_retry_wait", lambda attempt: 0.0)
+    archive = build_archive("train", SPLIT_NOTES["train"], examples_at="end", seed=15)
+    name = ARCHIVE.format("train")
+    srv = ArchiveServer({name: archive})
+    srv.stall_after[name] = [stall := len(archive) // 4, 0, 0]  # stalls again at once on each retry
+    url = f"{srv.base_url}/{name}"
+    try:
+        with pytest.raises(NSynthDownloadError) as info:
+            download_NSynth(tmp_path, ["bass"], 100.0, base_url=srv.base_url, splits=["train"],
+                            progress=False, timeout=0.5, retries=2)
+        message = str(info.value)
+        assert url in message and "stalled: no data for 0.5 s" in message
+        assert "after that and 2 retries" in message and "run again to resume" in message
+        assert [e["range"] for e in srv.log] == [None, f"bytes={stall}-", f"bytes={stall}-"]
+        part = tmp_path / "NSynth" / ".partial" / f"{name}.part"
+        assert part.read_bytes() == archive[:stall]  # kept for the rerun
+        assert state(tmp_path)["splits"]["train"]["status"] == "partial"
+        assert not (tmp_path / "NSynth" / "nsynth-train" / "examples.json").exists()
+
+        download_NSynth(tmp_path, ["bass"], 100.0, base_url=srv.base_url, splits=["train"], progress=False)
+        assert srv.log[-1] == {"name": name, "range": f"bytes={stall}-", "status": 206,
+                               "sent": len(archive) - stall}
+    finally:
+        srv.close()
+    assert set(wavs(tmp_path, "train")) == {n for n in SPLIT_NOTES["train"] if n.startswith("bass_")}
+    assert not part.exists()
+
+
+def test_retry_delays_grow_and_are_bounded():
+    assert [nsynth._retry_wait(n) for n in range(1, 10)] == [0, 1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_retry_when_server_ignores_range_skips_what_it_has(tmp_path):
+    archive = build_archive("train", SPLIT_NOTES["train"], examples_at="end", seed=16)
+    name = ARCHIVE.format("train")
+    srv = ArchiveServer({name: archive})
+    srv.drop_after[name] = cut = len(archive) // 2
+    srv.ignore_range = True
+    try:
+        download_NSynth(tmp_path, ["keyboard"], 100.0, base_url=srv.base_url, splits=["train"], progress=False)
+    finally:
+        srv.close()
+    assert [(e["range"], e["status"]) for e in srv.log] == [(None, 200), (f"bytes={cut}-", 200)]
+    got = wavs(tmp_path, "train")
+    assert set(got) == {n for n in SPLIT_NOTES["train"] if n.startswith("keyboard_")}
+    assert all(got[n] == SPLIT_NOTES["train"][n][0] for n in got)
+
+
+def test_archive_changed_on_the_server_during_a_retry_is_not_spliced(tmp_path):
+    old = build_archive("train", SPLIT_NOTES["train"], examples_at="end", seed=17)
+    new = build_archive("train", SPLIT_NOTES["train"], examples_at="start", seed=18)
+    name = ARCHIVE.format("train")
+    srv = ArchiveServer({name: old})
+    srv.drop_after[name] = len(old) // 2
+    srv.swap_after_drop[name] = new
+    try:
+        with pytest.raises(NSynthArchiveError, match=r"changed on the server.*run again"):
+            download_NSynth(tmp_path, ["bass"], 100.0, base_url=srv.base_url, splits=["train"], progress=False)
+        assert srv.log[1]["status"] == 200  # If-Range: the new archive came whole
+        assert not (tmp_path / "NSynth" / ".partial" / f"{name}.part").exists()
+        download_NSynth(tmp_path, ["bass"], 100.0, base_url=srv.base_url, splits=["train"], progress=False)
+    finally:
+        srv.close()
+    got = wavs(tmp_path, "train")
+    assert set(got) == {n for n in SPLIT_NOTES["train"] if n.startswith("bass_")}
+    assert all(got[n] == SPLIT_NOTES["train"][n][0] for n in got)
+
+
+def test_budget_holds_across_repeated_interruptions_and_nothing_is_fetched_twice(tmp_path, monkeypatch):
+    monkeypatch.setattr(nsynth, "_retry_wait", lambda attempt: 0.0)
+    # examples.json last: every byte must be read, so the bytes sent can be counted exactly.
+    archive = build_archive("train", SPLIT_NOTES["train"], examples_at="end", seed=19)
+    name = ARCHIVE.format("train")
+    classes, budget_mb = ["bass", "string", "keyboard"], mb(7)  # about 2 of 6 notes per class
+    budget = int(budget_mb * nsynth.BYTES_PER_MB)
+    step = len(archive) // 5
+    srv = ArchiveServer({name: archive})
+    srv.drop_after[name] = [step] * 4
+    root = tmp_path / "root"
+    audio = root / "NSynth" / "nsynth-train" / "audio"
+    part = root / "NSynth" / ".partial" / f"{name}.part"
+    try:
+        # Three runs cut short (the third uses its one retry on the third drop and fails on the fourth).
+        for retries in (0, 0, 1):
+            with pytest.raises(NSynthDownloadError, match="run again to resume"):
+                download_NSynth(root, classes, budget_mb, base_url=srv.base_url, splits=["train"],
+                                progress=False, retries=retries)
+            on_disk = {p.stem: p.stat().st_size for p in audio.glob("*.wav")}
+            assert 0 < sum(on_disk.values()) <= budget
+            assert on_disk == state(root)["splits"]["train"]["files"]  # every WAV is accounted for
+            assert not list(audio.glob(".*")) and not (audio.parent / "examples.json").exists()
+            assert part.stat().st_size == srv.sent(name)  # the .part holds exactly what was received
+        assert len(srv.log) == 4
+        download_NSynth(root, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False)
+    finally:
+        srv.close()
+    assert_contiguous(srv, name, len(archive))  # 5 requests, no byte sent twice
+    assert len(srv.log) == 5
+    kept = wavs(root, "train")
+    assert 0 < sum(len(w) for w in kept.values()) <= budget
+    assert {examples(root, "train")[n]["instrument_family_str"] for n in kept} == set(classes)
+    clean = clean_copy(tmp_path, archive, classes, budget_mb)
+    assert kept == wavs(clean, "train") and examples(root, "train") == examples(clean, "train")
+    assert not part.exists()
 
 
 def test_complete_download_makes_no_request(server, tmp_path):
@@ -362,7 +566,7 @@ def test_complete_download_makes_no_request(server, tmp_path):
 def test_other_settings_on_a_partial_download_are_refused(server, tmp_path):
     server.drop_after[ARCHIVE.format("test")] = 100
     with pytest.raises(NSynthDownloadError):
-        download_NSynth(tmp_path, ["bass"], 1.0, base_url=server.base_url, progress=False)
+        download_NSynth(tmp_path, ["bass"], 1.0, base_url=server.base_url, progress=False, retries=0)
     with pytest.raises(DatasetError, match="made for families bass"):
         download_NSynth(tmp_path, ["bass", "reed"], 1.0, base_url=server.base_url, progress=False)
 
@@ -440,8 +644,10 @@ def test_truncated_archive_is_a_clear_error_and_leaves_no_complete_looking_file(
     full = build_archive("train", SPLIT_NOTES["train"], examples_at="end", listed_only=missing)
     # The file itself is cut (Content-Length agrees): in a note, or only the gzip CRC trailer.
     server.files[name] = full[: int(len(full) * keep) if keep > 0 else keep]
-    with pytest.raises(NSynthArchiveError, match="corrupt or truncated"):
+    with pytest.raises(NSynthArchiveError, match=rf"{name} is truncated.*notes written so far are kept.*"
+                                                 rf"run again"):
         download_NSynth(tmp_path, [], 100.0, base_url=server.base_url, splits=["train"], progress=False)
+    assert not (tmp_path / "NSynth" / "nsynth-train" / "examples.json").exists()
     audio = tmp_path / "NSynth" / "nsynth-train" / "audio"
     got = wavs(tmp_path, "train")
     assert got and all(got[n] == SPLIT_NOTES["train"][n][0] for n in got)  # only whole notes
@@ -454,9 +660,39 @@ def test_truncated_archive_is_a_clear_error_and_leaves_no_complete_looking_file(
     assert set(wavs(tmp_path, "train")) == set(SPLIT_NOTES["train"])
 
 
+@pytest.mark.parametrize("where", ["deflate-data", "crc-trailer"])
+def test_corrupt_archive_is_a_clear_error_and_leaves_nothing_that_looks_complete(server, tmp_path, where):
+    name = ARCHIVE.format("train")
+    missing = make_notes("valid", {"bass": 1}, seed=11)  # keeps every class open: the whole archive is read
+    full = build_archive("train", SPLIT_NOTES["train"], examples_at="end", listed_only=missing)
+    bad = bytearray(full)
+    if where == "deflate-data":
+        at = len(full) // 2
+        bad[at:at + 64] = random.Random(0).randbytes(64)
+    else:  # every byte decodes; only the CRC32 in the gzip trailer disagrees
+        bad[-8:-4] = bytes(b ^ 0xFF for b in bad[-8:-4])
+    assert len(bad) == len(full)
+    server.files[name] = bytes(bad)
+    nsdir = tmp_path / "NSynth"
+    for _ in range(2):  # a second run takes nothing of the first as done, and fails the same way
+        with pytest.raises(NSynthArchiveError, match=r"is corrupt near byte \d+ .*notes written from it were "
+                                                     r"deleted.*Run again") as info:
+            download_NSynth(tmp_path, [], 100.0, base_url=server.base_url, splits=["train"], progress=False)
+        assert f"{server.base_url}/{name}" in str(info.value)
+        assert not (nsdir / "nsynth-train" / "examples.json").exists()
+        assert not list((nsdir / "nsynth-train" / "audio").iterdir())  # no note, no temp file
+        assert not (nsdir / ".partial" / f"{name}.part").exists()
+        record = state(tmp_path)["splits"]["train"]
+        assert record["status"] == "partial" and record["files"] == {}
+    server.files[name] = full  # repaired: a rerun completes
+    download_NSynth(tmp_path, [], 100.0, base_url=server.base_url, splits=["train"], progress=False)
+    got = wavs(tmp_path, "train")
+    assert set(got) == set(SPLIT_NOTES["train"]) and all(got[n] == SPLIT_NOTES["train"][n][0] for n in got)
+
+
 def test_non_gzip_answer_is_a_clear_error(server, tmp_path):
     server.files[ARCHIVE.format("test")] = b"<html>please log in</html>"
-    with pytest.raises(NSynthArchiveError, match="corrupt or truncated"):
+    with pytest.raises(NSynthArchiveError, match="is corrupt near byte"):
         download_NSynth(tmp_path, ["bass"], 100.0, base_url=server.base_url, splits=["test"], progress=False)
 
 
@@ -540,7 +776,7 @@ def test_unknown_class_and_option_errors(tmp_path):
         download_NSynth(tmp_path, ["kazoo"], 10.0, base_url=closed_port_url())
     with pytest.raises(ClassNameError, match="Valid names"):
         build_nsynth(tmp_path, ["bass", "kazoo"], 10.0, None, 0)
-    valid = "valid keys: base_url, local_dir, splits, timeout"
+    valid = "valid keys: base_url, local_dir, retries, splits, timeout"
     with pytest.raises(NSynthOptionError, match=f"unknown data.options.NSynth key.*bogus.*{valid}") as info:
         build_nsynth(tmp_path, ["bass"], 10.0, None, 0, bogus=1)
     assert isinstance(info.value, UserError)
@@ -548,6 +784,15 @@ def test_unknown_class_and_option_errors(tmp_path):
         download_NSynth(tmp_path, ["bass"], 0, base_url=closed_port_url())
     with pytest.raises(NSynthOptionError, match="unknown split 'dev'"):
         build_nsynth(tmp_path, ["bass"], 10.0, None, 0, splits=["train", "dev"])
+    for bad in (0, -1, "abc", float("nan"), float("inf"), True, None):
+        with pytest.raises(NSynthOptionError, match=r"timeout must be a positive number of seconds"):
+            build_nsynth(tmp_path, ["bass"], 10.0, None, 0, timeout=bad)
+    for bad in (-1, 1.5, "3", True, None):
+        with pytest.raises(NSynthOptionError, match=r"retries must be a whole number >= 0"):
+            build_nsynth(tmp_path, ["bass"], 10.0, None, 0, retries=bad)
+    with pytest.raises(NSynthOptionError, match="retries"):
+        download_NSynth(tmp_path, ["bass"], 10.0, base_url=closed_port_url(), retries=-2)
+    assert build_nsynth(tmp_path, ["bass"], 10.0, None, 0, retries=0, timeout="2.5").timeout == 2.5
     assert not (tmp_path / "NSynth").exists()
 
 
