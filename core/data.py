@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import UserError
 from core.registry import Registry
 from core.waveforms import WaveformSet, build_waveform_cache
 
@@ -39,6 +41,23 @@ class DataBundle:
         return {"classes": self.class_names}
 
 
+class DataRootError(UserError, OSError):
+    """``data.root`` cannot hold the downloads, renders and caches."""
+
+
+def writable_root(root: Path) -> None:
+    """Create ``root`` if needed and prove a file can be written there, before any download or render."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise DataRootError(
+            f"data.root={root} is not a writable folder ({exc.strerror or exc}); downloads, renders and "
+            f"caches go there. Point data.root at a folder you can write (an NSynth copy elsewhere can "
+            f"stay read-only: data.options.NSynth.local_dir)") from exc
+
+
 def build_dataset(cfg: DictConfig, registry: Registry) -> Any:
     """Instantiate the dataset plugin named by ``data.dataset`` with its own ``data.options`` block."""
     options = OmegaConf.to_container(cfg.data.options, resolve=True) or {}
@@ -61,8 +80,9 @@ def prepare_data(cfg: DictConfig, registry: Registry, *, prepare: bool = True,
     Args:
         prepare: call the plugin's ``prepare()``; under DDP only rank 0 does, the others wait.
     """
-    dataset = build_dataset(cfg, registry)
+    dataset = build_dataset(cfg, registry)  # checks the plugin's options; writes nothing
     if prepare:
+        writable_root(Path(cfg.data.root).expanduser().resolve())
         dataset.prepare()
     class_names = list(dataset.class_names)
     clip_samples = int(round(cfg.data.clip_seconds * cfg.aug.sr))

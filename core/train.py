@@ -389,6 +389,12 @@ def fit(cfg: DictConfig, registry: Registry, run_dir: Path, parent_run_id: str |
     progress = d.main and sys.stderr.isatty()
     # config mistakes surface before any download, render or cache build
     loss_fn = build_loss(cfg, registry)
+    build_model(cfg, registry, max(2, len(cfg.data.classes)))  # name and options, before the data
+    seed_everything(cfg.train.seed)  # that trial build drew initial weights
+    for name in cfg.profilers:
+        registry.get("profiler", name)
+    if cfg.model.kd.enabled:
+        registry.get("teacher", cfg.model.teacher.name)
     kd = cfg.model.kd.enabled
     prune = PruneStage(cfg, registry) if cfg.task == "prune" else None
     epochs = prune.epochs if prune else cfg.train.epochs

@@ -13,7 +13,12 @@ from typing import Any, Callable
 from torch import nn
 from torchvision import models
 
+from core.errors import UserError
 from core.registry import Component, hookimpl
+
+
+class StudentOptionError(UserError, TypeError):
+    """An unknown ``model.student.options`` key; the message lists the valid ones."""
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v3_small": models.mobilenet_v3_small,
@@ -44,7 +49,7 @@ def build_mobilenet(arch: str, num_classes: int, width_mult: float = 1.0, bn_mom
         dropout: classifier dropout.
     """
     if options:
-        raise TypeError(
+        raise StudentOptionError(
             f"unknown option(s) for student {arch}: {', '.join(sorted(options))}; "
             f"valid: dropout (plus the model.student keys width_mult, bn_momentum)"
         )
