@@ -189,7 +189,9 @@ class Tracker:
         """Where to look at the run: a browser URL for servers, the `make ui` hint for local stores."""
         if not self.enabled or self.run_id is None:
             return ""
-        path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        # MLflow 3's UI remembers a GenAI / model-training switch per browser and starts in GenAI; the
+        # query parameter opens the model-training view (seen with 3.17 in tests/ui).
+        path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
         if is_remote(self.uri):
             return f"{self.uri.rstrip('/')}/{path}"
         return f"run {self.run_id} in {self.uri} (open it with `make ui`, then http://127.0.0.1:5000/{path})"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Ensure the Debian packages the project needs: FFmpeg (torchaudio/torchcodec decoding),
-# libfluidsynth3 (the GMNotes renderer) and the two independent General MIDI SoundFonts.
+# libfluidsynth3 (the GMNotes renderer), the two independent General MIDI SoundFonts and
+# Chromium (the headless browser the MLflow UI test in tests/ui drives through Playwright).
 # Installs only what is missing; a second run installs nothing.
 set -euo pipefail
 
-PACKAGES=(ffmpeg libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont)
+PACKAGES=(ffmpeg libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,7 +14,7 @@ done
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "error: missing system packages: ${missing[*]}, and this is not a Debian/Ubuntu system." >&2
-    echo "Install FFmpeg, libfluidsynth 2.x and the FluidR3_GM / TimGM6mb SoundFonts with your package manager." >&2
+    echo "Install FFmpeg, libfluidsynth 2.x, the FluidR3_GM / TimGM6mb SoundFonts and Chromium with your package manager." >&2
     exit 1
 fi
 if [ "$(id -u)" -eq 0 ]; then
