@@ -103,7 +103,7 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
     runs: list[dict[str, Any]] = []
     teacher: dict[str, Any] | None = None
     arms = [(arm, kd) for arm, kd in ARMS if arm in cfg.compare.arms]
-    with parent_run(cfg, "compare", {"teacher": cfg.model.teacher.name}) as parent:
+    with parent_run(cfg, "compare", {"teacher": cfg.model.teacher.name}, run_dir) as parent:
         for seed in cfg.compare.seeds:
             for arm, kd in arms:
                 child = {"task": "train", "train": {"seed": int(seed)}, "model": {"kd": {"enabled": kd}},

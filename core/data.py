@@ -94,5 +94,9 @@ def prepare_data(cfg: DictConfig, registry: Registry, *, prepare: bool = True,
             items, sr=cfg.aug.sr, clip_samples=clip_samples, cache_dir=cache_dir,
             num_workers=cfg.train.num_workers, progress=progress,
         )
+        # entries the dataset listed without their file count as skipped clips too (an optional
+        # plugin attribute: ``missing = {split: [paths]}``)
+        splits[split].skipped += [(p, "listed in the dataset's index, but the file does not exist")
+                                  for p in getattr(dataset, "missing", {}).get(split, [])]
         log.info("%s: %d clips (%d skipped)", split, len(splits[split]), len(splits[split].skipped))
     return DataBundle(dataset=dataset, class_names=class_names, splits=splits)

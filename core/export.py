@@ -250,7 +250,7 @@ def run_export(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[
     if cfg.export.teacher and cfg.model.teacher.name:
         t = prepare_teacher(cfg, registry, data, pick_device(cfg.train.device))
         models[f"teacher-{t.name}"] = teacher_row(cfg, t)
-    with parent_run(cfg, "export") as tracker:
+    with parent_run(cfg, "export", run_dir=run_dir) as tracker:
         rows = export_and_time(cfg, registry, models, parity_clips(cfg, data), run_dir / "export")
         table = write_report(rows, cfg, run_dir / "export", tracker)
         print("\n" + table + f"\nONNX files: {run_dir / 'export'}", flush=True)

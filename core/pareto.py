@@ -95,7 +95,7 @@ def run_pareto(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[
     from core.train import fit
 
     points: list[dict[str, Any]] = []
-    with parent_run(cfg, "pareto") as parent:
+    with parent_run(cfg, "pareto", run_dir=run_dir) as parent:
         parent_id = parent.run_id
         for width in cfg.pareto.widths:
             common = {"model": {"student": {"width_mult": float(width)}}}

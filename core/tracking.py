@@ -304,12 +304,15 @@ def replay(spool: Path, client: Any) -> int:
 
 
 @contextlib.contextmanager
-def parent_run(cfg: Any, stage: str, tags: Mapping[str, Any] | None = None) -> Iterator[Tracker]:
+def parent_run(cfg: Any, stage: str, tags: Mapping[str, Any] | None = None,
+               run_dir: Path | None = None) -> Iterator[Tracker]:
     """An MLflow run that groups the child runs of a compare/pareto task: tagged ``stage``, the
-    flattened config as params; FINISHED when the block completes, FAILED when it raises."""
+    flattened config as params; FINISHED when the block completes, FAILED when it raises. Calls a
+    vanished server could not take wait in ``run_dir`` (as a training run's do)."""
     from omegaconf import OmegaConf
 
-    parent = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
+    parent = Tracker(resolve_uri(cfg.tracking.uri), cfg.tracking.experiment,
+                     spool=Path(run_dir) / PENDING if run_dir is not None else None)
     parent.start(run_name=cfg.tracking.run_name or cfg.name)
     parent.set_tags({"stage": stage, **(tags or {})})
     parent.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))

@@ -92,6 +92,9 @@ class NSynthLayoutDataset:
         self.resolved = resolve_classes(classes)
         self.max_per_class = max_per_class
         self.seed = seed
+        #: per split, the WAV paths ``examples.json`` lists but the folder lacks (set by get_examples);
+        #: the engine counts them with the clips it could not decode
+        self.missing: dict[str, list[str]] = {}
 
     # --- what the core uses -------------------------------------------------------------------
     @property
@@ -127,18 +130,19 @@ class NSynthLayoutDataset:
         meta = self.read_examples(sdir)
         label_of = {fam: i for i, fam in enumerate(self.families)}
         per_class: dict[int, list[tuple[Path, int, dict[str, Any]]]] = {i: [] for i in label_of.values()}
-        missing = 0
+        missing: list[str] = []
         for note_str, entry in sorted(meta.items()):
             family = entry["instrument_family_str"]  # read_examples checked it is a family name
             if family not in label_of:
                 continue
             path = sdir / "audio" / f"{note_str}.wav"
             if not path.is_file():
-                missing += 1
+                missing.append(str(path))
                 continue
             per_class[label_of[family]].append((path, label_of[family], entry))
+        self.missing[split] = missing
         if missing:
-            log.warning("%s: %d entries of examples.json have no WAV file; skipped", sdir, missing)
+            log.warning("%s: %d entries of examples.json have no WAV file; skipped", sdir, len(missing))
         rng = random.Random(self.seed)
         kept: list[tuple[Path, int, dict[str, Any]]] = []
         for label, rows in per_class.items():

@@ -282,3 +282,47 @@ def test_disk_full_while_rewriting_a_cache_keeps_the_previous_one(tmp_path, monk
         core.teaching._cached_array(path, 4, lambda: np.zeros((4, 2), np.float32))
     assert np.array_equal(np.load(path), old)
     assert [p.name for p in tmp_path.iterdir()] == ["logits-x.npy"]
+
+
+# --- bad audio in the dataset -------------------------------------------------------------------------
+
+def test_bad_wavs_are_skipped_counted_logged_and_reported_to_mlflow(tiny, tmp_path, caplog):
+    import logging
+
+    from tests.plugins.datasets.test_nsynth import SPLIT_NOTES
+
+    copy = tmp_path / "nsynth_copy"
+    for split, notes in SPLIT_NOTES.items():
+        audio = copy / f"nsynth-{split}" / "audio"
+        audio.mkdir(parents=True)
+        for note, (wav, _) in notes.items():
+            (audio / f"{note}.wav").write_bytes(wav)
+        (copy / f"nsynth-{split}" / "examples.json").write_text(json.dumps({n: m for n, (_, m) in notes.items()}))
+    train_audio = sorted((copy / "nsynth-train" / "audio").glob("bass_*.wav"))
+    train_audio[0].write_bytes(os.urandom(700))                        # corrupt
+    train_audio[1].write_bytes(b"")                                    # empty
+    train_audio[2].write_bytes(train_audio[2].read_bytes()[:200])      # truncated
+    train_audio[3].unlink()                                            # listed, file missing
+    cfg = tiny("data.dataset=NSynth", "data.classes=[bass,string,reed]", f"data.options.NSynth.local_dir={copy}",
+               f"data.root={tmp_path / 'root'}", "train.epochs=1", "train.batch_size=4")
+    with caplog.at_level(logging.INFO):
+        result = run(cfg, run_dir(tmp_path))  # training goes on
+    metrics = MlflowClient(cfg.tracking.uri).get_run(result.run_id).data.metrics
+    assert metrics["skipped_clips_train"] == 4 and metrics["skipped_clips_valid"] == 0
+    assert "skipped 3 of" in caplog.text and "1 entries of examples.json have no WAV file" in caplog.text
+    assert "train: 14 clips (4 skipped)" in caplog.text
+    assert int(MlflowClient(cfg.tracking.uri).get_run(result.run_id).data.params["n_train"]) == 18 - 4
+
+
+def test_a_parent_run_outlives_its_server_too(tiny, tmp_path, own_server, capsys):
+    from core.tracking import parent_run
+
+    cfg = tiny(f"tracking.uri={own_server.url}")
+    with parent_run(cfg, "compare", run_dir=tmp_path / "compare") as parent:
+        own_server.stop(hard=True)
+        parent.log_metrics({"summary_acc": 0.5}, step=0)
+    assert "python -m core.sync" in capsys.readouterr().err
+    own_server.start()
+    assert core.sync.main([str(tmp_path / "compare")]) == 0
+    stored = MlflowClient(own_server.url).get_run(parent.run_id)
+    assert stored.info.status == "FINISHED" and stored.data.metrics["summary_acc"] == 0.5
