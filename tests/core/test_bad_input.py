@@ -144,17 +144,9 @@ def test_a_checkpoint_of_another_class_count_is_refused(tiny, tmp_path):
 
 
 def test_a_dataset_left_empty_by_the_class_filter_says_so(tiny, tmp_path):
-    import json
+    from tests.plugins.datasets.test_nsynth import write_local_copy
 
-    from tests.plugins.datasets.test_nsynth import SPLIT_NOTES
-
-    copy = tmp_path / "nsynth_copy"  # bass, string, synth_lead, keyboard, reed: no flute
-    for split, notes in SPLIT_NOTES.items():
-        audio = copy / f"nsynth-{split}" / "audio"
-        audio.mkdir(parents=True)
-        for note, (wav, _) in notes.items():
-            (audio / f"{note}.wav").write_bytes(wav)
-        (copy / f"nsynth-{split}" / "examples.json").write_text(json.dumps({n: m for n, (_, m) in notes.items()}))
+    copy = write_local_copy(tmp_path / "nsynth_copy")  # bass, string, synth_lead, keyboard, reed: no flute
     with pytest.raises(UserError) as err:
         run(tiny("data.dataset=NSynth", "data.classes=[flute]", f"data.options.NSynth.local_dir={copy}",
                  f"data.root={tmp_path / 'root'}"), run_dir(tmp_path))

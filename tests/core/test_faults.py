@@ -289,15 +289,9 @@ def test_disk_full_while_rewriting_a_cache_keeps_the_previous_one(tmp_path, monk
 def test_bad_wavs_are_skipped_counted_logged_and_reported_to_mlflow(tiny, tmp_path, caplog):
     import logging
 
-    from tests.plugins.datasets.test_nsynth import SPLIT_NOTES
+    from tests.plugins.datasets.test_nsynth import write_local_copy
 
-    copy = tmp_path / "nsynth_copy"
-    for split, notes in SPLIT_NOTES.items():
-        audio = copy / f"nsynth-{split}" / "audio"
-        audio.mkdir(parents=True)
-        for note, (wav, _) in notes.items():
-            (audio / f"{note}.wav").write_bytes(wav)
-        (copy / f"nsynth-{split}" / "examples.json").write_text(json.dumps({n: m for n, (_, m) in notes.items()}))
+    copy = write_local_copy(tmp_path / "nsynth_copy")
     train_audio = sorted((copy / "nsynth-train" / "audio").glob("bass_*.wav"))
     train_audio[0].write_bytes(os.urandom(700))                        # corrupt
     train_audio[1].write_bytes(b"")                                    # empty

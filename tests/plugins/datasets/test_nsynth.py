@@ -745,8 +745,8 @@ def test_plugin_get_items_follow_the_requested_label_order(server, tmp_path):
     assert class_map["classes"] == ["violin", "bass"] and class_map["families"] == ["string", "bass"]
 
 
-def test_local_dir_is_used_in_place_without_download(tmp_path):
-    copy = tmp_path / "nsynth_copy"
+def write_local_copy(copy: Path) -> Path:
+    """An NSynth copy on disk (``nsynth-<split>/examples.json`` + ``audio/``) of :data:`SPLIT_NOTES`."""
     for split, notes in SPLIT_NOTES.items():
         audio = copy / f"nsynth-{split}" / "audio"
         audio.mkdir(parents=True)
@@ -754,6 +754,11 @@ def test_local_dir_is_used_in_place_without_download(tmp_path):
             (audio / f"{note}.wav").write_bytes(wav)
         entries = {n: m for n, (_, m) in notes.items()}
         (copy / f"nsynth-{split}" / "examples.json").write_text(json.dumps(entries))
+    return copy
+
+
+def test_local_dir_is_used_in_place_without_download(tmp_path):
+    copy = write_local_copy(tmp_path / "nsynth_copy")
     before = tree(copy)
     root = tmp_path / "root"
     dataset = build_nsynth(root, ["reed", "synth"], 0.001, None, 0, local_dir=str(copy),
