@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mlflow.tracking import MlflowClient
 
-    if args.uri:  # every waiting call goes to the new server
-        atomic_write_text(spool, "".join(json.dumps({**json.loads(line), "uri": uri}) + "\n" for line in lines))
+    if args.uri:  # every waiting call goes to the new server (a line cut short by a kill is left as it is)
+        atomic_write_text(spool, "".join(_retarget(line, uri) + "\n" for line in lines))
     total = len(lines)
     sent = replay(spool, MlflowClient(uri))
     if spool.is_file():
@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"sent {sent} logging calls of run {first['run_id']} to {uri}")
     return 0
+
+
+def _retarget(line: str, uri: str) -> str:
+    try:
+        return json.dumps({**json.loads(line), "uri": uri})
+    except json.JSONDecodeError:
+        return line
 
 
 if __name__ == "__main__":

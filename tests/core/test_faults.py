@@ -320,3 +320,15 @@ def test_a_parent_run_outlives_its_server_too(tiny, tmp_path, own_server, capsys
     assert core.sync.main([str(tmp_path / "compare")]) == 0
     stored = MlflowClient(own_server.url).get_run(parent.run_id)
     assert stored.info.status == "FINISHED" and stored.data.metrics["summary_acc"] == 0.5
+
+
+def test_sync_to_another_server_keeps_a_line_cut_short_by_a_kill(tmp_path, own_server):
+    client = MlflowClient(own_server.url)
+    run_id = client.create_run(client.create_experiment("moved")).info.run_id
+    old = f"http://127.0.0.1:{free_port()}"
+    spool = tmp_path / PENDING
+    spool.write_text(json.dumps({"uri": old, "run_id": run_id, "op": "metrics", "items": [["a", 1.0, 0, 1]]})
+                     + "\n" + '{"uri": "' + old + '", "run_id": "' + run_id + '", "op": "metr' + "\n")
+    assert core.sync.main([str(tmp_path), "--uri", own_server.url]) == 0
+    assert [m.value for m in client.get_metric_history(run_id, "a")] == [1.0]
+    assert not spool.exists()
