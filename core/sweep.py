@@ -30,16 +30,17 @@ class SweepParent(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = list(config.hydra.overrides.task)
+        keys = swept(overrides)
         self.tracker = Tracker(resolve_uri(config.tracking.uri), config.tracking.experiment)
         try:
             self.tracker.start(run_name=f"sweep {config.name}")
         except UserError as exc:  # before any job: the store is unusable
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
-        self.tracker.set_tags({"stage": "sweep", "sweep_dir": str(sweep_dir), "swept": " ".join(swept(overrides))})
+        self.tracker.set_tags({"stage": "sweep", "sweep_dir": str(sweep_dir), "swept": " ".join(keys)})
         self.tracker.log_params({"sweep_overrides": " ".join(overrides)})
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.tracker.run_id, "swept": swept(overrides)}))
+        (sweep_dir / PARENT_FILE).write_text(json.dumps({"run_id": self.tracker.run_id, "swept": keys}))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.tracker is not None:

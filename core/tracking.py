@@ -58,7 +58,7 @@ def resolve_uri(uri: str | None = None) -> str:
 
 def check_store(uri: str, timeout: float = 5.0) -> None:
     """Fail fast when the store is unusable: a server that does not answer, an unwritable db folder."""
-    if uri.startswith(("http://", "https://")):
+    if is_remote(uri):
         url = uri.rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - scheme checked above

@@ -772,7 +772,6 @@ def profile_student(cfg: DictConfig, registry: Registry, model: AudioClassifier,
 
 def _log_run_inputs(tracker: Tracker, cfg: DictConfig, data: DataBundle, model: AudioClassifier,
                     run_dir: Path, costs: dict[str, float]) -> None:
-
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.update({"num_classes": data.num_classes,
                    "class_names": json.dumps(data.class_names),

@@ -20,6 +20,7 @@ from core.registry import Component, hookimpl
 class StudentOptionError(UserError, TypeError):
     """An unknown ``model.student.options`` key; the message lists the valid ones."""
 
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v3_small": models.mobilenet_v3_small,
     "mobilenet_v3_large": models.mobilenet_v3_large,
