@@ -18,11 +18,11 @@ STAMP := $(VENV)/.installed-$(shell printf '%s' '$(TORCH_INDEX)' | md5sum | cut 
 export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: help setup system-deps demo test bench bench-kd doctor ui list clean
+.PHONY: help setup system-deps demo test check bench bench-kd doctor ui list clean
 
 help:
 	@echo "make demo    - set up, then run the end-to-end demo on the built-in GMNotes dataset"
-	@echo "make test    - set up, then run the test suite"
+	@echo "make test    - set up, then check lint, formatting and types (make check) and run the test suite"
 	@echo "make doctor  - print versions, CUDA, audio loading, SoundFonts and the MLflow store"
 	@echo "make ui      - MLflow UI for the local store on http://127.0.0.1:5000"
 	@echo "make list    - list the registered components"
@@ -49,8 +49,15 @@ endif
 demo: setup
 	$(PY) -m core.run experiment=demo
 
-test: setup
+test: setup check
 	$(PY) -m pytest
+
+# The habits that keep the code as it is: ruff (lint + format), mypy over core/ (pyproject.toml);
+# the layering and plugin-contract checks are tests (tests/test_layering.py, tests/core/registry/).
+check: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 bench: setup
 	$(PY) -m benchmarks.train_throughput $(ARGS)

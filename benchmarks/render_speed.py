@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from plugins.datasets.gmnotes import (HOLD_SECONDS, NOTE_SAMPLES, NOTE_SECONDS, SAMPLE_RATE, FluidRenderer,
-                                      decimate, find_soundfont, loudest_frame_db, to_pcm16, write_wav)
+from plugins.datasets.gmnotes.constants import HOLD_SECONDS, NOTE_SAMPLES, NOTE_SECONDS, SAMPLE_RATE
+from plugins.datasets.gmnotes.render import FluidRenderer, decimate, loudest_frame_db, to_pcm16, write_wav
+from plugins.datasets.gmnotes.soundfont import find_soundfont
 
 TSF_INSTALL = "uv pip install --python .venv --no-deps tinysoundfont==0.3.7"
 #: one or two programs per family, lows and highs of each range
@@ -81,7 +82,7 @@ def envelope_ok(audio: np.ndarray) -> bool:
     db = 20 * np.log10(rms)
     onset_ms = int(np.argmax(db > db.max() - 30)) * 10
     off = int(HOLD_SECONDS * 100)
-    held, tail = db[off - 10:off].mean(), db[-10:].mean()
+    held, tail = db[off - 10 : off].mean(), db[-10:].mean()
     decayed = held < db.max() - 40
     return onset_ms <= 50 and (decayed or tail <= held - 6)
 
@@ -137,8 +138,10 @@ def report(name: str, render: Render, notes: list[Note]) -> list[np.ndarray]:
     ok = sum(envelope_ok(x) for x in audio)
     steps = [level_db(audio[k + 1]) - level_db(audio[k]) for k in range(0, len(notes), 2)]  # 50 -> 127
     order = order_dependence(render, notes)
-    print(f"{name:<22} {len(notes) / raw_s:8.0f} {len(notes) / full_s:12.0f}   {order:>8}"
-          f"   {ok:>4} / {len(notes)}   {np.median(steps):+6.1f} dB")
+    print(
+        f"{name:<22} {len(notes) / raw_s:8.0f} {len(notes) / full_s:12.0f}   {order:>8}"
+        f"   {ok:>4} / {len(notes)}   {np.median(steps):+6.1f} dB"
+    )
     return audio
 
 
@@ -147,37 +150,40 @@ def aliasing(paths: list[Path], notes: list[Note]) -> None:
     reference, all decimated to 16 kHz the same way."""
     with FluidRenderer(paths, 6) as ref_renderer:
         refs = [long_term_spectrum_db(ref_renderer.render(*n)) for n in notes]
-    print("\nlibfluidsynth oversampling vs a 96 kHz reference, log-spectral distance in dB "
-          f"({len(notes)} notes):")
+    print(f"\nlibfluidsynth oversampling vs a 96 kHz reference, log-spectral distance in dB ({len(notes)} notes):")
     for factor in (1, 2, 3):
         with FluidRenderer(paths, factor) as renderer:
             started = time.perf_counter()
             audio = [renderer.render(*n) for n in notes]
             rate = len(notes) / (time.perf_counter() - started)
         band = slice(5, 500)  # 15.6 Hz bins from the 2nd: 94 Hz to 7.8 kHz
-        lsd = [float(np.sqrt(((long_term_spectrum_db(x)[band] - r[band]) ** 2).mean()))
-               for x, r in zip(audio, refs)]
-        print(f"  oversample {factor} ({SAMPLE_RATE * factor // 1000} kHz): median {np.median(lsd):.2f}, "
-              f"90th pct {np.percentile(lsd, 90):.2f}, max {max(lsd):.2f}; {rate:.0f} notes/s rendering")
+        lsd = [float(np.sqrt(((long_term_spectrum_db(x)[band] - r[band]) ** 2).mean())) for x, r in zip(audio, refs)]
+        print(
+            f"  oversample {factor} ({SAMPLE_RATE * factor // 1000} kHz): median {np.median(lsd):.2f}, "
+            f"90th pct {np.percentile(lsd, 90):.2f}, max {max(lsd):.2f}; {rate:.0f} notes/s rendering"
+        )
 
 
-def agreement(paths: list[Path], notes: list[Note], fluid_audio: list[np.ndarray],
-              tiny_audio: list[np.ndarray]) -> None:
+def agreement(
+    paths: list[Path], notes: list[Note], fluid_audio: list[np.ndarray], tiny_audio: list[np.ndarray]
+) -> None:
     """Per SoundFont: how the two renderers' notes compare (audible notes only)."""
     print("\nper-note agreement of the two renderers (audible notes):")
     for s, path in enumerate(paths):
-        rows = [(n, a, b) for n, a, b in zip(notes, fluid_audio, tiny_audio)
-                if n[0] == s and min(loudest_frame_db(a), loudest_frame_db(b)) >= -70]
-        gram = [float(np.corrcoef(spectrogram_db(a).ravel(), spectrogram_db(b).ravel())[0, 1])
-                for _, a, b in rows]
-        spec = [float(np.corrcoef(long_term_spectrum_db(a), long_term_spectrum_db(b))[0, 1])
-                for _, a, b in rows]
-        level = {v: np.median([level_db(a) - level_db(b) for n, a, b in rows if n[3] == v])
-                 for v in VELOCITIES}
-        print(f"  {path.name} ({len(rows)} notes): spectrogram correlation median {np.median(gram):.3f} "
-              f"(10th pct {np.percentile(gram, 10):.3f}); long-term spectrum correlation median "
-              f"{np.median(spec):.3f} (10th pct {np.percentile(spec, 10):.3f}); level libfluidsynth - "
-              "tinysoundfont, median: " + ", ".join(f"{d:+.1f} dB at velocity {v}" for v, d in level.items()))
+        rows = [
+            (n, a, b)
+            for n, a, b in zip(notes, fluid_audio, tiny_audio)
+            if n[0] == s and min(loudest_frame_db(a), loudest_frame_db(b)) >= -70
+        ]
+        gram = [float(np.corrcoef(spectrogram_db(a).ravel(), spectrogram_db(b).ravel())[0, 1]) for _, a, b in rows]
+        spec = [float(np.corrcoef(long_term_spectrum_db(a), long_term_spectrum_db(b))[0, 1]) for _, a, b in rows]
+        level = {v: np.median([level_db(a) - level_db(b) for n, a, b in rows if n[3] == v]) for v in VELOCITIES}
+        print(
+            f"  {path.name} ({len(rows)} notes): spectrogram correlation median {np.median(gram):.3f} "
+            f"(10th pct {np.percentile(gram, 10):.3f}); long-term spectrum correlation median "
+            f"{np.median(spec):.3f} (10th pct {np.percentile(spec, 10):.3f}); level libfluidsynth - "
+            "tinysoundfont, median: " + ", ".join(f"{d:+.1f} dB at velocity {v}" for v, d in level.items())
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,13 +194,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     paths = [find_soundfont(name) for name in args.soundfonts]
-    notes = [(s, p, pitch, v) for s in range(len(paths)) for p in PROGRAMS for pitch in PITCHES
-             for v in VELOCITIES]
-    print(f"{len(notes)} notes: {len(PROGRAMS)} programs x {len(PITCHES)} pitches x {len(VELOCITIES)} "
-          f"velocities on {', '.join(p.name for p in paths)}; {NOTE_SAMPLES / SAMPLE_RATE:.0f} s each, "
-          f"rendered at {SAMPLE_RATE * args.oversample // 1000} kHz, written at 16 kHz\n")
-    print(f"{'renderer':<22} {'render/s':>8} {'+WAV+JSON/s':>12}   {'order*':>8}   {'envelope ok':>11}   "
-          f"vel 50->127")
+    notes = [(s, p, pitch, v) for s in range(len(paths)) for p in PROGRAMS for pitch in PITCHES for v in VELOCITIES]
+    print(
+        f"{len(notes)} notes: {len(PROGRAMS)} programs x {len(PITCHES)} pitches x {len(VELOCITIES)} "
+        f"velocities on {', '.join(p.name for p in paths)}; {NOTE_SAMPLES / SAMPLE_RATE:.0f} s each, "
+        f"rendered at {SAMPLE_RATE * args.oversample // 1000} kHz, written at 16 kHz\n"
+    )
+    print(f"{'renderer':<22} {'render/s':>8} {'+WAV+JSON/s':>12}   {'order*':>8}   {'envelope ok':>11}   vel 50->127")
 
     with FluidRenderer(paths, args.oversample) as fluid:
         fluid_audio = report("libfluidsynth", fluid.render, notes)

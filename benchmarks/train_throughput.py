@@ -4,7 +4,7 @@
 
 *Pure model step*: forward + backward + optimizer step of the student on one fixed, precomputed
 network-input batch (what the model alone costs). *Full pipeline*: the real training loop
-(``core.train.train_one_epoch``) fed exactly as training is: batches from the log-mel cache (or,
+(``core.engine.loop.train_one_epoch``) fed exactly as training is: batches from the log-mel cache (or,
 with a waveform augmentation on, from the waveform cache through waveform augmentation and
 log-mel), DataLoader workers if ``train.num_workers`` > 0, normalisation, SpecAugment, loss,
 backward, step. Both use the same
@@ -22,11 +22,12 @@ import torch
 
 from benchmarks import bench_config
 from core.data import prepare_data
+from core.engine.loop import epoch_batches, train_one_epoch
+from core.engine.model import build_model, model_inputs, normalisation_batches
+from core.engine.optim import build_optimizer, build_scheduler
+from core.engine.seeding import seed_everything
+from core.engine.settings import TrainSettings
 from core.registry import load_registry
-from core.train import (
-    Dist, _stats_batches, build_model, build_optimizer, build_scheduler, epoch_batches, model_inputs,
-    seed_everything, train_one_epoch,
-)
 
 
 def main(argv: list[str]) -> int:
@@ -36,11 +37,12 @@ def main(argv: list[str]) -> int:
     registry = load_registry()
     data = prepare_data(cfg, registry, progress=sys.stderr.isatty())
     model = build_model(cfg, registry, data.num_classes)
-    train = model_inputs(cfg, model, data)["train"]  # cached log-mel or waveforms, as training uses
-    model.frontend.fit_normalization_logmel(_stats_batches(train, model.frontend, cfg))
+    train = model_inputs(model, data.splits, cfg.train.cache_logmel)["train"]  # as training reads it
+    model.frontend.fit_normalization_logmel(normalisation_batches(train, model.frontend, cfg.train.seed))
     loss_fn = registry.build("loss", cfg.train.loss)
-    opt = build_optimizer(cfg, model.parameters())
-    sched = build_scheduler(cfg, opt, 10_000)
+    settings = TrainSettings.from_config(cfg.train)
+    opt = build_optimizer(settings, model.parameters())
+    sched = build_scheduler(settings, opt, 10_000)
     device = torch.device("cpu")
     bs = cfg.train.batch_size
 
@@ -60,9 +62,9 @@ def main(argv: list[str]) -> int:
         return steps * bs / (time.perf_counter() - t0)
 
     def full(epoch: int) -> float:
-        batches = epoch_batches(len(train), bs, cfg.train.seed, epoch, Dist(), steps)
+        batches = epoch_batches(len(train), bs, cfg.train.seed, epoch, max_steps=steps)
         t0 = time.perf_counter()
-        train_one_epoch(model, loss_fn, train, batches, opt, sched, None, cfg, device, epoch)
+        train_one_epoch(model, loss_fn, train, batches, opt, sched, None, settings, device, epoch)
         return sum(map(len, batches)) / (time.perf_counter() - t0)
 
     pure(), full(0)  # warm-up: allocator, worker start-up, first-call costs
@@ -71,9 +73,11 @@ def main(argv: list[str]) -> int:
         p.append(pure())
         f.append(full(r + 1))
     mp, mf = statistics.median(p), statistics.median(f)
-    print(f"config: {' '.join(overrides)}  batch {bs}, {steps} steps x {rounds} rounds, "
-          f"{torch.get_num_threads()} threads, num_workers {cfg.train.num_workers}, "
-          f"channels_last {cfg.train.channels_last}, training input {train.input_kind}")
+    print(
+        f"config: {' '.join(overrides)}  batch {bs}, {steps} steps x {rounds} rounds, "
+        f"{torch.get_num_threads()} threads, num_workers {cfg.train.num_workers}, "
+        f"channels_last {cfg.train.channels_last}, training input {train.input_kind}"
+    )
     print(f"pure model step   : {mp:7.1f} samples/s  (rounds: {', '.join(f'{x:.1f}' for x in p)})")
     print(f"full pipeline     : {mf:7.1f} samples/s  (rounds: {', '.join(f'{x:.1f}' for x in f)})")
     print(f"ratio full / pure : {mf / mp:.3f}  (goal >= 0.9)")

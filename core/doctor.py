@@ -1,4 +1,5 @@
-"""``python -m core.doctor``: is this machine ready? Versions, CUDA, audio I/O, SoundFonts, MLflow."""
+"""``python -m core.doctor``: is this machine ready? Versions, CUDA, audio I/O, the tracking store, and
+each plugin's own needs (SoundFonts, system libraries), asked through the ``audiokd_doctor`` hook."""
 
 from __future__ import annotations
 
@@ -6,6 +7,16 @@ import importlib.metadata
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+import torchvision
+
+from core.registry import load_registry
+from core.tracking import resolve_uri
+
 
 def _line(ok: bool, label: str, detail: str) -> bool:
     mark = "ok  " if ok else "FAIL"
@@ -15,10 +26,6 @@ def _line(ok: bool, label: str, detail: str) -> bool:
 
 def check_audio_io() -> tuple[bool, str]:
     """Write a WAV and read it back through torchaudio (torchcodec + FFmpeg)."""
-    import numpy as np
-    import soundfile as sf
-    import torchaudio
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "doctor.wav"
         t = np.arange(16000) / 16000.0
@@ -28,17 +35,11 @@ def check_audio_io() -> tuple[bool, str]:
         except Exception as exc:  # noqa: BLE001 - report whatever the backend raised
             return False, f"torchaudio.load failed: {type(exc).__name__}: {exc} (is FFmpeg installed?)"
         ok = sr == 16000 and wave.shape == (1, 16000) and abs(float(wave.abs().max()) - 0.5) < 0.01
-        return ok, f"torchaudio.load -> {tuple(wave.shape)} at {sr} Hz via torchcodec {importlib.metadata.version('torchcodec')}"
+        codec = importlib.metadata.version("torchcodec")
+        return ok, f"torchaudio.load -> {tuple(wave.shape)} at {sr} Hz via torchcodec {codec}"
 
 
 def main() -> int:
-    import torch
-    import torchaudio
-    import torchvision
-
-    from core.soundfonts import installed_soundfonts
-    from core.tracking import resolve_uri
-
     ok = True
     print(f"python {sys.version.split()[0]} at {sys.executable}")
     ok &= _line(True, "torch", torch.__version__)
@@ -49,11 +50,11 @@ def main() -> int:
     _line(True, "torch.cuda.is_available()", detail)
     audio_ok, audio_detail = check_audio_io()
     ok &= _line(audio_ok, "audio load test", audio_detail)
-    fonts = installed_soundfonts()
-    names = {f.name for f in fonts}
-    needed = {"FluidR3_GM.sf2", "TimGM6mb.sf2"}
-    ok &= _line(needed <= names, "SoundFonts",
-                ", ".join(str(f) for f in fonts) or "none found (apt-get install fluid-soundfont-gm timgm6mb-soundfont)")
+    registry = load_registry()
+    for package, check in registry.health():
+        ok &= _line(check.ok, check.label, f"{check.detail} ({package})")
+    for b in registry.broken:
+        ok &= _line(False, "plugin", f"{b.entry_point} from {b.package} failed to load: {b.error}")
     ok &= _line(True, "MLflow tracking URI", resolve_uri())
     print("all checks passed" if ok else "some checks FAILED (see above)")
     return 0 if ok else 1

@@ -7,3 +7,11 @@ Anything a user can fix by changing config, data or environment raises a subclas
 
 class UserError(Exception):
     """A problem with input, config or environment; its message is the whole report."""
+
+
+class ConfigValueError(UserError, ValueError):
+    """A config value (or a plugin option) has the right type but is not allowed."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (bad resume target, non-finite loss, replicas that drifted apart, ...)."""

@@ -1,6 +1,7 @@
-"""``python -m core.run experiment=<name> [overrides]``: compose the config and run the engine.
+"""``python -m core.run experiment=<name> [overrides]``: compose the config and run its task.
 
-Thin on purpose: everything it calls lives in importable, tested modules.
+Thin on purpose: it validates the config, checks the tracking store and the component options,
+then hands over to :data:`core.tasks.TASKS`; everything it calls lives in importable, tested modules.
 """
 
 from __future__ import annotations
@@ -8,29 +9,28 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from core.config import register_schema, validate
+from core.engine.trainer import Result
 from core.errors import UserError
 from core.registry import load_registry
-from core.compare import run_compare
-from core.export import run_export
-from core.profile import run_profile
-from core.sweep import fail_parent, parent_of_this_job
+from core.tasks import TASKS, resolve_options
 from core.tracking import check_store, resolve_uri
-from core.train import Result, fit
+from core.tracking.sweep import fail_parent, parent_of_this_job
 
 log = logging.getLogger("core.run")
 
 register_schema()
 
 
-def run(cfg: DictConfig, run_dir: Path, parent_run_id: str | None = None, tags: dict[str, str] | None = None):
-    """Validate the composed config, resolve components by name and run its ``task``: ``train``
-    returns the :class:`~core.train.Result`, ``profile`` the report rows, ``compare`` the summary.
+def run(cfg: DictConfig, run_dir: Path, parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Any:
+    """Validate the composed config, resolve components by name and run its ``task``: ``train`` and
+    ``prune`` return the :class:`~core.engine.trainer.Result`, the others their report.
 
     Args:
         parent_run_id, tags: for a sweep job (``-m``), the sweep's parent run and the job's tags
@@ -39,17 +39,10 @@ def run(cfg: DictConfig, run_dir: Path, parent_run_id: str | None = None, tags: 
     validate(cfg)
     check_store(resolve_uri(cfg.tracking.uri))  # before any download, render or training
     registry = load_registry()
-    if cfg.task == "profile":
-        return run_profile(cfg, registry, run_dir)
-    if cfg.task == "compare":
-        return run_compare(cfg, registry, run_dir)
-    if cfg.task == "export":
-        return run_export(cfg, registry, run_dir)
-    if cfg.task == "pareto":
-        from core.pareto import run_pareto
-
-        return run_pareto(cfg, registry, run_dir)
-    return fit(cfg, registry, run_dir, parent_run_id=parent_run_id, tags=tags)
+    resolve_options(cfg, registry)
+    if cfg.task in ("train", "prune"):
+        return TASKS[cfg.task](cfg, registry, run_dir, parent_run_id=parent_run_id, tags=tags)
+    return TASKS[cfg.task](cfg, registry, run_dir)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")

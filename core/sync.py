@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from core.fsutil import atomic_write_text
 from core.tracking import PENDING, TrackingError, check_store, replay
+from core.util.files import atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spool = args.path / PENDING if args.path.is_dir() else args.path
     if not spool.is_file():
-        print(f"nothing to send: {spool} does not exist (every call reached the server, or it was "
-              f"sent already)", file=sys.stderr)
+        print(
+            f"nothing to send: {spool} does not exist (every call reached the server, or it was sent already)",
+            file=sys.stderr,
+        )
         return 0
     lines = [line for line in spool.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines:
@@ -44,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     total = len(lines)
     sent = replay(spool, MlflowClient(uri))
     if spool.is_file():
-        print(f"error: sent {sent} of {total} calls to {uri}, then it stopped answering; run this again "
-              f"to send the rest", file=sys.stderr)
+        print(
+            f"error: sent {sent} of {total} calls to {uri}, then it stopped answering; run this again to send the rest",
+            file=sys.stderr,
+        )
         return 2
     print(f"sent {sent} logging calls of run {first['run_id']} to {uri}")
     return 0

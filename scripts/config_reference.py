@@ -1,5 +1,6 @@
 """Print the configuration reference (every key of the composed default config, its default and
-the comment beside it in configs/*.yaml) as Markdown tables, one per group.
+the comment beside it in configs/*.yaml) as Markdown tables, one per group, then the options of
+every built-in component (its config key, its default and help, as the plugin declares them).
 
 README.md and README.ko.md hold its output between ``<!-- config-reference -->`` markers;
 tests/test_docs.py fails when they drift from the configs. Regenerate with
@@ -46,16 +47,37 @@ def comments() -> dict[str, str]:
 
 
 def leaves(node, path=""):
-    if isinstance(node, DictConfig) and len(node) and not path.endswith("options"):
+    from core.config import OPEN_BLOCKS
+
+    if isinstance(node, DictConfig) and len(node) and path not in OPEN_BLOCKS:
         for key in node.keys():
             yield from leaves(node._get_node(key), f"{path}.{key}" if path else str(key))
-    elif isinstance(node, DictConfig) and path.endswith(("model.student.options", "model.teacher.options")):
-        yield path, node
-    elif isinstance(node, DictConfig) and path.endswith("options") and len(node):
-        for key in node.keys():
-            yield from leaves(node._get_node(key), f"{path}.{key}")
     else:
         yield path, node
+
+
+def plugin_options() -> str:
+    """One table of every option the built-in components declare, under its config key."""
+    from core.registry import load_registry
+    from core.registry.contracts import OPTION_BLOCKS
+
+    registry = load_registry()
+    rows = []
+    for kind, block in OPTION_BLOCKS.items():
+        for entry in registry.entries(kind) if block else []:
+            if entry.package != "audiokd":
+                continue
+            for key, option in (entry.component.options or {}).items():
+                shown = json.dumps(option.default) if not isinstance(option.default, str) else option.default
+                where = f"{block.replace('<name>', entry.component.name)}.{key}"
+                rows.append(
+                    f"| `{where}` | {kind} `{entry.component.name}` | `{shown}` | "
+                    f"{option.help.replace('|', chr(92) + '|')} |"
+                )
+    return (
+        "**plugin options** (declared by each built-in component; `python -m core.list --options` lists them "
+        "with any installed plugin's)\n\n| key | component | default | notes |\n|---|---|---|---|\n" + "\n".join(rows)
+    )
 
 
 def render() -> str:
@@ -70,13 +92,16 @@ def render() -> str:
         if path.startswith("hydra"):
             continue
         group = path.split(".")[0] if "." in path else "(top level)"
-        value = OmegaConf.to_container(node) if isinstance(node, DictConfig) or OmegaConf.is_list(node) else node._value()
+        value = (
+            OmegaConf.to_container(node) if isinstance(node, DictConfig) or OmegaConf.is_list(node) else node._value()
+        )
         shown = json.dumps(value) if not isinstance(value, str) else value
         note = notes.get(path, "").replace("|", "\\|")
         groups.setdefault(group, []).append(f"| `{path}` | `{shown}` | {note} |")
     parts = []
     for group, rows in groups.items():
         parts.append(f"**{group}**\n\n| key | default | notes |\n|---|---|---|\n" + "\n".join(rows))
+    parts.append(plugin_options())
     return "\n\n".join(parts) + "\n"
 
 

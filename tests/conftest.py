@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+_STORE_TEMPLATE: list[Path] = []
+
+
+def sqlite_store(path: Path) -> str:
+    """The URI of the MLflow sqlite store at ``path``, made empty there if it does not exist yet.
+    MLflow makes a store's tables on first use (7.3 s on a slow 2-core AMD EPYC, about half of a tiny
+    run), so one is made per session and copied (0.1 s): each test still gets a store of its own, the
+    real sqlite store."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    if not _STORE_TEMPLATE:
+        folder = Path(tempfile.mkdtemp(prefix="audiokd-mlflow-template-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+        _STORE_TEMPLATE.append(folder / "mlflow.db")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_STORE_TEMPLATE[0], path)
+    return f"sqlite:///{path}"
+
+
 CONFIGS = REPO / "configs"
 
 
@@ -29,8 +54,7 @@ def make_plugin_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callabl
         info = site / f"{dist_name.replace('-', '_')}-1.0.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text(
-            f"[audiokd.plugins]\n{entry_name or module_name} = {module_name}\n")
+        (info / "entry_points.txt").write_text(f"[audiokd.plugins]\n{entry_name or module_name} = {module_name}\n")
         return site
 
     return make
@@ -43,7 +67,24 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def compose(tmp_path: Path) -> Callable[..., object]:
+def tiny(compose, data_root, tmp_path):
+    """The `tiny` experiment on the session's GMNotes render, with this test's own outputs, MLflow
+    store and teacher cache (a trained teacher is never shared between tests)."""
+
+    def make(*overrides: str):
+        return compose(
+            "experiment=tiny",
+            f"data.root={data_root}",
+            f"train.out_dir={tmp_path / 'outputs'}",
+            f"tracking.uri={sqlite_store(tmp_path / 'mlflow.db')}",
+            f"model.teacher.cache_dir={tmp_path / 'teachers'}",
+            *overrides,
+        )
+
+    return make
+
+
+def compose_config(*overrides: str):
     """Compose the real Hydra config (schema + configs/) with overrides, as `core.run` would."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -52,13 +93,15 @@ def compose(tmp_path: Path) -> Callable[..., object]:
     from core.config import register_schema
 
     register_schema()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
-    def make(*overrides: str):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides))
 
-    return make
+@pytest.fixture(scope="session")
+def compose() -> Callable[..., object]:
+    """:func:`compose_config` as a fixture."""
+    return compose_config
 
 
 def free_port() -> int:
@@ -85,11 +128,27 @@ class MlflowServer:
         import urllib.request
 
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        sqlite_store(self.root / "mlflow.db")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=open(self.root / "server.log", "a"), stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+            ],
+            stdout=open(self.root / "server.log", "a"),
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,  # its own process group: workers are stopped with it
         )
         deadline = time.time() + 120

@@ -22,5 +22,6 @@ def test_config_reference_matches_the_configs(readme):
     assert block, f"{readme} has no config-reference block"
     assert block.group(1) == module.render(), (
         f"{readme}'s configuration reference is out of date: run .venv/bin/python scripts/config_reference.py "
-        f"and paste its output between the config-reference markers")
+        f"and paste its output between the config-reference markers"
+    )
     assert "|  |" not in block.group(1), "every key needs a comment in configs/*.yaml"

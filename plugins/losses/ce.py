@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.registry import Component, hookimpl
+from core.api import Component, hookimpl
 
 
 class CrossEntropy:
@@ -17,13 +17,16 @@ class CrossEntropy:
         label_smoothing: passed to ``F.cross_entropy``.
     """
 
+    needs_teacher = False
+
     def __init__(self, label_smoothing: float = 0.0) -> None:
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be within [0, 1)")
         self.label_smoothing = label_smoothing
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor,
-                 teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         ce = F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
         return {"total": ce, "ce": ce}
 

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.errors import UserError
-from core.registry import Component, hookimpl
+from core.api import Component, UserError, hookimpl
 
 
 class KDLossError(UserError, ValueError):
@@ -41,19 +40,31 @@ class KDLoss:
             raise KDLossError(f"KD alpha={alpha} must be within [0, 1]")
         self.T, self.alpha, self.label_smoothing = float(T), float(alpha), label_smoothing
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor,
-                 teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         if teacher_logits is None:
-            raise KDLossError("the kd loss needs teacher logits: set model.kd.enabled=true and a "
-                              "model.teacher.name (python -m core.list shows the teachers)")
+            raise KDLossError(
+                "the kd loss needs teacher logits: set model.kd.enabled=true and a "
+                "model.teacher.name (python -m core.list shows the teachers)"
+            )
         if teacher_logits.shape != logits.shape:
-            raise KDLossError(f"teacher logits {tuple(teacher_logits.shape)} do not match student logits "
-                              f"{tuple(logits.shape)}: the teacher's head must have the same classes")
+            raise KDLossError(
+                f"teacher logits {tuple(teacher_logits.shape)} do not match student logits "
+                f"{tuple(logits.shape)}: the teacher's head must have the same classes"
+            )
         s = logits.float()
         t = teacher_logits.detach().float()  # the teacher only teaches: no gradient flows into it
         ce = F.cross_entropy(s, target, label_smoothing=self.label_smoothing)
-        kd = F.kl_div(F.log_softmax(s / self.T, dim=1), F.log_softmax(t / self.T, dim=1),
-                      reduction="batchmean", log_target=True) * self.T ** 2
+        kd = (
+            F.kl_div(
+                F.log_softmax(s / self.T, dim=1),
+                F.log_softmax(t / self.T, dim=1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * self.T**2
+        )
         return {"total": self.alpha * kd + (1.0 - self.alpha) * ce, "ce": ce, "kd": kd}
 
 

@@ -1,4 +1,4 @@
-"""Per-clip latency of a model in PyTorch eager and in onnxruntime (profiler ``latency``).
+"""Per-clip latency of a model in PyTorch eager and in onnxruntime (timer ``latency``).
 
 Deployment runs one clip at a time on a small CPU budget, so both backends are timed at batch 1
 with the same thread count (default 1): ``warmup`` untimed calls, then ``runs`` timed calls; the
@@ -11,31 +11,15 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import attrs
 import numpy as np
 import torch
 from torch import nn
 
-from core.registry import Component, hookimpl
-
-
-@attrs.frozen
-class Timing:
-    """Milliseconds per call at batch 1."""
-
-    backend: str
-    median_ms: float
-    p90_ms: float
-    min_ms: float
-    runs: int
-    threads: int
-
-    def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_latency_{self.backend}_ms": self.median_ms,
-                f"{prefix}_latency_{self.backend}_p90_ms": self.p90_ms}
+from core.api import Component, ConfigValueError, Timing, hookimpl
 
 
 @contextlib.contextmanager
@@ -50,15 +34,17 @@ def torch_threads(n: int) -> Iterator[None]:
 
 class LatencyProfiler:
     """Args:
-        runs: timed calls (the median of at least 50 is what the report shows by default).
-        warmup: untimed calls first (allocator, oneDNN kernels, onnxruntime arenas).
-        threads: intra-op threads for both backends.
+    runs: timed calls (the median of at least 50 is what the report shows by default).
+    warmup: untimed calls first (allocator, oneDNN kernels, onnxruntime arenas).
+    threads: intra-op threads for both backends.
     """
 
     def __init__(self, runs: int = 50, warmup: int = 10, threads: int = 1) -> None:
         if runs < 1 or warmup < 0 or threads < 1:
-            raise ValueError(f"latency profiler: need runs >= 1, warmup >= 0, threads >= 1 "
-                             f"(got runs={runs}, warmup={warmup}, threads={threads})")
+            raise ConfigValueError(
+                f"latency profiler: need runs >= 1, warmup >= 0, threads >= 1 "
+                f"(got runs={runs}, warmup={warmup}, threads={threads})"
+            )
         self.runs, self.warmup, self.threads = runs, warmup, threads
 
     def _time(self, call: Callable[[], Any], backend: str) -> Timing:
@@ -70,8 +56,14 @@ class LatencyProfiler:
             call()
             times.append((time.perf_counter() - t0) * 1e3)
         times.sort()
-        return Timing(backend, statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))],
-                      times[0], self.runs, self.threads)
+        return Timing(
+            backend,
+            statistics.median(times),
+            times[min(len(times) - 1, int(0.9 * len(times)))],
+            times[0],
+            self.runs,
+            self.threads,
+        )
 
     def torch(self, model: nn.Module, example_input: torch.Tensor) -> Timing:
         """Eager PyTorch on CPU, eval mode, no autograd; the model's mode is restored after."""
@@ -100,9 +92,14 @@ def _factory(runs: int = 50, warmup: int = 10, threads: int = 1) -> LatencyProfi
 
 
 @hookimpl
-def audiokd_profilers() -> list[Component]:
-    return [Component("latency", _factory,
-                      "per-clip latency, batch 1, N threads: median of >= 50 runs, PyTorch eager and onnxruntime")]
+def audiokd_timers() -> list[Component]:
+    return [
+        Component(
+            "latency",
+            _factory,
+            "per-clip latency, batch 1, N threads: median of >= 50 runs, PyTorch eager and onnxruntime",
+        )
+    ]
 
 
 __all__ = ["LatencyProfiler", "Timing"]

@@ -4,15 +4,15 @@ Two profilers are registered (kind ``profiler``):
 
 * ``thop``: ``thop.profile`` (the MIT package) plus counting rules for attention modules. Plain
   thop counts only modules it has a rule for, so the Q·K^T and attn·V matmuls inside attention
-  modules are missed (shared/MEASURED.md: small AST 858 M MACs plain vs 1,197 M with them).
+  modules are missed (measured: a small AST counts 858 M MACs plain vs 1,197 M with them).
 * ``flop_counter``: ``torch.utils.flop_counter.FlopCounterMode``, which counts aten ops
   (matmul, conv, attention kernels), whatever module runs them. It reports FLOPs = 2 x MACs for
   those ops; the profile converts to MACs.
 
 The two count different things at the edges: thop also counts elementwise work of norms,
 pooling and softmax as "MACs", flop_counter only matmul/conv/attention. On CNNs and transformers
-they agree within a few percent; :func:`cross_check` records the difference and, above
-:data:`TOLERANCE`, names the module types where it comes from.
+they agree within a few percent; the core's cross-check (``core.stages.profile``) records the
+difference and, above its tolerance, names the module types where it comes from.
 
 Both profilers run the model once in eval mode without gradients and leave it as they found it:
 every module's training flag, the attention implementation, no thop buffers left behind.
@@ -21,10 +21,10 @@ every module's training flag, the attention implementation, no thop buffers left
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 import sys
-from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
 
 import attrs
 import thop
@@ -32,9 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.errors import UserError
-from core.profile import TOLERANCE, compare
-from core.registry import Component, hookimpl
+from core.api import Component, Profile, UserError, check_options, hookimpl
 
 #: thop registers these buffers on every module while it counts.
 _THOP_BUFFERS = ("total_ops", "total_params")
@@ -46,31 +44,6 @@ MacCounter = Callable[[Any, tuple[Any, ...], Any], int]  # MACs of one call, fro
 
 class ProfilerError(UserError, ValueError):
     """A profiler was misconfigured, or cannot count a model it was given."""
-
-
-@attrs.frozen
-class Profile:
-    """What one tool counted for one model and input.
-
-    Args:
-        params: all parameters (shared ones once).
-        trainable_params: those with ``requires_grad``.
-        macs: multiply-accumulates of one forward pass on the example input.
-        tool: the profiler's registered name.
-        notes: what was counted and how, in words, for the report.
-        by_module: MACs per module name (``""`` is the whole model); see each profiler.
-    """
-
-    params: int
-    trainable_params: int
-    macs: int
-    tool: str
-    notes: list[str] = attrs.field(factory=list)
-    by_module: dict[str, int] = attrs.field(factory=dict, repr=False)
-
-    def as_metrics(self, prefix: str) -> dict[str, int]:
-        return {f"{prefix}_params": self.params, f"{prefix}_trainable_params": self.trainable_params,
-                f"{prefix}_macs": self.macs}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,7 +116,8 @@ def _multihead_attention(m: nn.MultiheadAttention, inputs: tuple[Any, ...], outp
     if len(inputs) < 3:
         raise ProfilerError(
             "thop's MultiheadAttention rule needs query, key and value passed positionally "
-            "(forward hooks do not see keyword arguments)")
+            "(forward hooks do not see keyword arguments)"
+        )
     query, key = inputs[0], inputs[1]
 
     def batch_and_length(x: torch.Tensor) -> tuple[int, int]:
@@ -163,8 +137,10 @@ def _multihead_attention(m: nn.MultiheadAttention, inputs: tuple[Any, ...], outp
 
 #: (module path, class name) -> MACs the module computes itself, beyond its child modules
 _ATTENTION_COUNTERS: dict[tuple[str, str], MacCounter] = {
-    ("transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer",
-     "ASTAttention"): _hf_ast_attention,
+    (
+        "transformers.models.audio_spectrogram_transformer.modeling_audio_spectrogram_transformer",
+        "ASTAttention",
+    ): _hf_ast_attention,
     ("hear21passt.models.passt", "Attention"): _passt_attention,
     ("timm.models.vision_transformer", "Attention"): _timm_attention,
     ("torch.nn.modules.activation", "MultiheadAttention"): _multihead_attention,
@@ -196,8 +172,7 @@ def _thop_attention_rules() -> dict[type, ThopRule]:
             # unit's total also carries what thop's own rules counted for the child modules that
             # ran (the q/k/v/out linears): each linear is counted once, by thop's nn.Linear rule.
             # Assigning (not adding) the running sum keeps a module called twice right.
-            children = sum(float(c.total_ops) for c in m.modules()
-                           if c is not m and "total_ops" in c._buffers)
+            children = sum(float(c.total_ops) for c in m.modules() if c is not m and "total_ops" in c._buffers)
             m.total_ops.fill_(own_macs[m] + children)
 
         return rule
@@ -221,8 +196,7 @@ class _Root(nn.Module):
 def _no_leftover_thop_buffers(model: nn.Module) -> Iterator[None]:
     """thop registers ``total_ops``/``total_params`` on every module but removes them only from
     modules it has a rule for; drop the rest afterwards (and put back any that were there)."""
-    before = {(m, name): m._buffers[name] for m in model.modules() for name in _THOP_BUFFERS
-              if name in m._buffers}
+    before = {(m, name): m._buffers[name] for m in model.modules() for name in _THOP_BUFFERS if name in m._buffers}
     try:
         yield
     finally:
@@ -264,8 +238,9 @@ class ThopProfiler:
         rules = {**(_thop_attention_rules() if self.count_attention else {}), **self.custom_ops}
         root = _Root(model)
         with _eval_mode(model), _no_leftover_thop_buffers(root), torch.no_grad():
-            _, _, layers = thop.profile(root, _as_tuple(example_input), custom_ops=rules,
-                                        verbose=False, ret_layer_info=True)
+            _, _, layers = thop.profile(
+                root, _as_tuple(example_input), custom_ops=rules, verbose=False, ret_layer_info=True
+            )
         ops, _, children = layers["model"]
         units = {name: round(n) for name, n in _thop_units(children)} if children else {"": round(ops)}
         macs = sum(units.values())
@@ -292,8 +267,14 @@ class ThopProfiler:
 # torch.utils.flop_counter
 
 
-def _sdpa_flops(query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size,
-                *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+def _sdpa_flops(
+    query_shape: torch.Size,
+    key_shape: torch.Size,
+    value_shape: torch.Size,
+    *args: Any,
+    out_shape: Any = None,
+    **kwargs: Any,
+) -> int:
     """FLOPs of Q·K^T and attn·V (2 per MAC), like torch's own formula for the CUDA kernels,
     written out because torch's checks reject grouped-query shapes."""
     b, h, s_q, d_qk = query_shape
@@ -332,11 +313,15 @@ def _eager_hf_attention(model: nn.Module, notes: list[str]) -> Iterator[None]:
             m.set_attn_implementation("eager")
             switched.append((m, previous))
             if m.config._attn_implementation == "eager":
-                notes.append(f"flop_counter: {type(m).__name__} switched from {previous!r} to eager "
-                             f"attention while counting, then restored")
+                notes.append(
+                    f"flop_counter: {type(m).__name__} switched from {previous!r} to eager "
+                    f"attention while counting, then restored"
+                )
             else:
-                notes.append(f"flop_counter: {type(m).__name__} refused eager attention; its attention "
-                             f"is counted only if it runs matmuls or scaled_dot_product_attention")
+                notes.append(
+                    f"flop_counter: {type(m).__name__} refused eager attention; its attention "
+                    f"is counted only if it runs matmuls or scaled_dot_product_attention"
+                )
         yield
     finally:
         for m, previous in reversed(switched):
@@ -390,21 +375,6 @@ class FlopCounterProfiler:
 
 
 # ----------------------------------------------------------------------------------------------
-# cross-check and report
-
-
-def cross_check(model: nn.Module, example_input: ExampleInput, name: str | None = None) -> dict[str, Any]:
-    """Profile ``model`` with both tools; one report row (:func:`core.profile.compare`).
-
-    ``diff_pct`` is ``(flop_counter - thop) / max(both)`` in percent. Beyond the tolerance the
-    row's notes say where the tools disagree, by module type.
-    """
-    profiles = {"thop": ThopProfiler().profile(model, example_input),
-                "flop_counter": FlopCounterProfiler().profile(model, example_input)}
-    return compare(model, example_input, profiles, name or type(model).__name__)
-
-
-# ----------------------------------------------------------------------------------------------
 # registration
 
 
@@ -412,10 +382,7 @@ def _factory(cls: type) -> Callable[..., Any]:
     valid = [a.name for a in attrs.fields(cls)]
 
     def build(**options: Any) -> Any:
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ProfilerError(f"unknown option(s) for profiler {cls.__name__}: {', '.join(unknown)}; "
-                                f"valid: {', '.join(valid)}")
+        check_options(f"profiler {cls.name}", "its options", options, valid)
         return cls(**options)
 
     build.__name__ = f"build_{cls.__name__}"
@@ -425,12 +392,9 @@ def _factory(cls: type) -> Callable[..., Any]:
 @hookimpl
 def audiokd_profilers() -> list[Component]:
     return [
-        Component("thop", _factory(ThopProfiler),
-                  "params + MACs with thop (plus counting rules for attention)"),
-        Component("flop_counter", _factory(FlopCounterProfiler),
-                  "params + MACs with torch.utils.flop_counter"),
+        Component("thop", _factory(ThopProfiler), "params + MACs with thop (plus counting rules for attention)"),
+        Component("flop_counter", _factory(FlopCounterProfiler), "params + MACs with torch.utils.flop_counter"),
     ]
 
 
-__all__ = ["FlopCounterProfiler", "Profile", "ProfilerError", "TOLERANCE", "ThopProfiler",
-           "attention_classes", "count_params", "cross_check"]
+__all__ = ["FlopCounterProfiler", "ProfilerError", "ThopProfiler", "attention_classes", "count_params"]

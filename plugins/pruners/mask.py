@@ -7,14 +7,14 @@ their tensors, so the network has the same shapes, parameter count and MACs as b
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from core.registry import Component, hookimpl
-from plugins.pruners.structural import PrunerError
+from core.api import Component, hookimpl
+from plugins.pruners.common import PrunerError, check_ratio
 
 _NORMS = {"l1": 1, "l2": 2}
 
@@ -29,17 +29,26 @@ class MaskPruner:
 
     def __init__(self, importance: str = "l1", scope: str = "uniform", round_to: int | None = 8) -> None:
         if importance not in _NORMS:
-            raise PrunerError(f"prune.method=mask ranks channels by weight norm: prune.importance must be "
-                              f"l1 or l2, got {importance!r} (taylor needs prune.method=structural)")
+            raise PrunerError(
+                f"prune.method=mask ranks channels by weight norm: prune.importance must be "
+                f"l1 or l2, got {importance!r} (taylor needs prune.method=structural)"
+            )
         if scope != "uniform":
-            raise PrunerError(f"prune.method=mask prunes each layer on its own: prune.scope must be uniform, "
-                              f"got {scope!r} (global needs prune.method=structural)")
+            raise PrunerError(
+                f"prune.method=mask prunes each layer on its own: prune.scope must be uniform, "
+                f"got {scope!r} (global needs prune.method=structural)"
+            )
         self.n, self.round_to = _NORMS[importance], round_to
 
-    def prune(self, net: nn.Module, example_input: torch.Tensor, ratio: float, ignored: list[nn.Module],
-              calibrate: Callable[[nn.Module], None] | None = None) -> None:
-        if not 0.0 < ratio < 1.0:
-            raise PrunerError(f"pruning ratio {ratio} must be within (0, 1)")
+    def prune(
+        self,
+        net: nn.Module,
+        example_input: torch.Tensor,
+        ratio: float,
+        ignored: list[nn.Module],
+        calibrate: Callable[[nn.Module], None] | None = None,
+    ) -> None:
+        check_ratio(ratio)
         skip = {id(m) for m in ignored}
         for module in net.modules():
             if not isinstance(module, nn.Conv2d) or id(module) in skip or module.out_channels < 2:
@@ -54,14 +63,16 @@ class MaskPruner:
                 torch_prune.remove(module, "weight")
 
 
-def _factory(importance: str = "l1", scope: str = "uniform", round_to: int | None = 8, **_: Any) -> MaskPruner:
-    return MaskPruner(importance, scope, round_to)
-
-
 @hookimpl
 def audiokd_pruners() -> list[Component]:
-    return [Component("mask", _factory,
-                      "torch.nn.utils.prune ln_structured + remove: zeroes channels, MACs unchanged (comparison)")]
+    return [
+        Component(
+            "mask",
+            MaskPruner,
+            "torch.nn.utils.prune ln_structured + remove: zeroes channels, MACs unchanged (comparison)",
+            {},
+        )
+    ]
 
 
 __all__ = ["MaskPruner"]

@@ -1,6 +1,7 @@
-"""What the transformer teacher plugins share: option checks, checkpoint files (local, cached
-download, safe loading), position-embedding fitting and freezing. The module contract itself,
-:class:`core.teacher.Teacher`, lives in the core because the teacher stage relies on it.
+"""What the teacher plugins share (a helper module of the teachers family): value checks,
+checkpoint files (local, cached download, safe loading), position-embedding fitting and freezing.
+The module contract itself, :class:`core.api.Teacher`, lives in the core because the teacher stage
+relies on it.
 """
 
 from __future__ import annotations
@@ -10,20 +11,16 @@ import os
 import shutil
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from core.checkpoint import CheckpointError
-from core.checkpoint import load as load_checkpoint
-from core.config import ConfigValueError
-from core.fsutil import atomic_path
-from core.teacher import RANDOM_INIT, Teacher
+from core.api import RANDOM_INIT, CheckpointError, ConfigValueError, Teacher, atomic_path, load_checkpoint
 
 Tensor = torch.Tensor
-
 
 
 # --------------------------------------------------------------------------- options
@@ -36,21 +33,13 @@ def check_common(teacher: str, num_classes: int, sample_rate: int) -> None:
         raise ConfigValueError(f"teacher {teacher}: sample_rate={sample_rate} must be > 0")
 
 
-def parse_options(teacher: str, options: Mapping[str, Any],
-                  defaults: Mapping[str, float]) -> dict[str, float]:
-    """``defaults`` overridden by ``options`` (``model.teacher.options``); every value must be a
-    positive number. An unknown key is refused with the list of valid ones."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        valid = ", ".join(f"{k} (default {v})" for k, v in defaults.items())
-        raise ConfigValueError(f"unknown model.teacher.options key(s) for teacher {teacher}: "
-                               f"{', '.join(unknown)}; valid: {valid}")
-    merged = {**defaults, **options}
-    for key, value in merged.items():
+def check_positive(teacher: str, values: Mapping[str, Any]) -> dict[str, float]:
+    """Every value (``model.teacher.options`` and ``clip_seconds``, whose keys the core has checked)
+    must be a number > 0; returns them as floats."""
+    for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigValueError(f"model.teacher.options.{key}={value!r} for teacher {teacher} "
-                                   f"must be a number > 0")
-    return {k: float(v) for k, v in merged.items()}
+            raise ConfigValueError(f"model.teacher.options.{key}={value!r} for teacher {teacher} must be a number > 0")
+    return {k: float(v) for k, v in values.items()}
 
 
 def pick_checkpoint(checkpoint: str | None, default: str | None) -> str | None:
@@ -83,9 +72,11 @@ def resolve_weights_file(checkpoint: str, teacher: str, timeout: float = 60.0) -
         return download_cached(checkpoint, teacher, timeout)
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"teacher {teacher}: checkpoint {checkpoint!r} is neither an http(s) URL "
-                              f"nor an existing file. Set model.teacher.checkpoint=/path/to/weights.pt "
-                              f"(a state_dict saved with torch.save)")
+        raise CheckpointError(
+            f"teacher {teacher}: checkpoint {checkpoint!r} is neither an http(s) URL "
+            f"nor an existing file. Set model.teacher.checkpoint=/path/to/weights.pt "
+            f"(a state_dict saved with torch.save)"
+        )
     return path
 
 
@@ -109,7 +100,8 @@ def download_cached(url: str, teacher: str, timeout: float = 60.0) -> Path:
         raise CheckpointError(
             f"teacher {teacher}: could not download checkpoint {url}: {err}. Without network, fetch "
             f"that file elsewhere and point at it: model.teacher.checkpoint=/path/to/{name} "
-            f"(or put it in the cache as {dest})") from err
+            f"(or put it in the cache as {dest})"
+        ) from err
     return dest
 
 
@@ -122,8 +114,10 @@ def load_state_dict_file(path: Path, source: str) -> dict[str, Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {source} is not a state_dict (a dict of tensors); "
-                              f"save one with torch.save(model.state_dict(), path)")
+        raise CheckpointError(
+            f"checkpoint {source} is not a state_dict (a dict of tensors); "
+            f"save one with torch.save(model.state_dict(), path)"
+        )
     return obj
 
 
@@ -142,33 +136,46 @@ def fit_time_positions(grid: Tensor, size: int, crop: Literal["center", "start"]
         return grid
     if size < old:
         start = old // 2 - size // 2 if crop == "center" else 0
-        return grid[..., start:start + size].contiguous()
+        return grid[..., start : start + size].contiguous()
     return nn.functional.interpolate(grid, size=(grid.shape[-2], size), mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------- head and freezing
 
 
-def set_trainable(teacher: Teacher, blocks: Sequence[nn.Module], final_norms: Sequence[nn.Module],
-                  freeze: bool, unfreeze_last_n: int, name: str) -> None:
+def set_trainable(
+    teacher: Teacher,
+    blocks: Sequence[nn.Module],
+    final_norms: Sequence[nn.Module],
+    freeze: bool,
+    unfreeze_last_n: int,
+    name: str,
+) -> None:
     """``freeze=False``: everything trains. ``freeze=True``: only ``teacher.head`` trains, plus
     the last ``unfreeze_last_n`` of ``blocks`` and, when that is > 0, ``final_norms`` (the norms
     between the last block and the head, which see the unfrozen blocks' output)."""
     n_blocks = len(blocks)
-    if isinstance(unfreeze_last_n, bool) or not isinstance(unfreeze_last_n, int) \
-            or not 0 <= unfreeze_last_n <= n_blocks:
-        raise ConfigValueError(f"model.teacher.unfreeze_last_n={unfreeze_last_n!r} must be an integer "
-                               f"in [0, {n_blocks}] ({name} has {n_blocks} transformer blocks)")
+    if (
+        isinstance(unfreeze_last_n, bool)
+        or not isinstance(unfreeze_last_n, int)
+        or not 0 <= unfreeze_last_n <= n_blocks
+    ):
+        raise ConfigValueError(
+            f"model.teacher.unfreeze_last_n={unfreeze_last_n!r} must be an integer "
+            f"in [0, {n_blocks}] ({name} has {n_blocks} transformer blocks)"
+        )
     if not freeze:
         if unfreeze_last_n:
-            raise ConfigValueError(f"model.teacher.unfreeze_last_n={unfreeze_last_n} only applies with "
-                                   f"model.teacher.freeze=true (freeze=false trains every block)")
+            raise ConfigValueError(
+                f"model.teacher.unfreeze_last_n={unfreeze_last_n} only applies with "
+                f"model.teacher.freeze=true (freeze=false trains every block)"
+            )
         teacher.requires_grad_(True)
         return
     teacher.requires_grad_(False)
     trainable: list[nn.Module] = [teacher.head]
     if unfreeze_last_n:
-        trainable += list(blocks[n_blocks - unfreeze_last_n:]) + list(final_norms)
+        trainable += list(blocks[n_blocks - unfreeze_last_n :]) + list(final_norms)
     for module in trainable:
         module.requires_grad_(True)
 
@@ -182,8 +189,8 @@ __all__ = [
     "download_cached",
     "fit_time_positions",
     "is_url",
+    "check_positive",
     "load_state_dict_file",
-    "parse_options",
     "pick_checkpoint",
     "resolve_weights_file",
     "set_trainable",

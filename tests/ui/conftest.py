@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -12,8 +12,16 @@ SHOTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian's Chromium, not a Playwright download (`playwright install` needs the internet). The flags keep
 # it from reaching for Google services, which hang on a closed network, and let it run as root.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # The UI is a React SPA whose first load compiles a large bundle: generous waits on what it renders.
 WAIT_MS = 60_000
 
@@ -47,8 +55,11 @@ def shot() -> Callable[..., Path]:
 def page(request: pytest.FixtureRequest, shot):
     """A fresh headless Chromium page; on failure its last state is saved as FAILED-<test>.png."""
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: the UI tests need Debian's Chromium. Run `make test` "
-                    "(it runs scripts/system-deps.sh) or `apt-get install chromium`.", pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} not found: the UI tests need Debian's Chromium. Run `make test` "
+            "(it runs scripts/system-deps.sh) or `apt-get install chromium`.",
+            pytrace=False,
+        )
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=WAIT_MS)
@@ -68,8 +79,15 @@ def page(request: pytest.FixtureRequest, shot):
 @pytest.fixture
 def tiny_on_server(compose, data_root, tmp_path, mlflow_server):
     """The `tiny` experiment (as in tests/core) tracked on the session's real `mlflow server`."""
+
     def make(*overrides: str):
-        return compose("experiment=tiny", f"data.root={data_root}", f"train.out_dir={tmp_path / 'outputs'}",
-                       f"tracking.uri={mlflow_server}", f"model.teacher.cache_dir={tmp_path / 'teachers'}",
-                       *overrides)
+        return compose(
+            "experiment=tiny",
+            f"data.root={data_root}",
+            f"train.out_dir={tmp_path / 'outputs'}",
+            f"tracking.uri={mlflow_server}",
+            f"model.teacher.cache_dir={tmp_path / 'teachers'}",
+            *overrides,
+        )
+
     return make

@@ -21,8 +21,7 @@ ML_VIEW = "workflowType=machine_learning"
 
 @pytest.mark.timeout(300)
 def test_mlflow_ui_shows_the_run(page, shot, tiny_on_server, tmp_path, mlflow_server):
-    cfg = tiny_on_server(f"tracking.experiment={EXPERIMENT}", f"tracking.run_name={RUN_NAME}",
-                         f"train.epochs={EPOCHS}")
+    cfg = tiny_on_server(f"tracking.experiment={EXPERIMENT}", f"tracking.run_name={RUN_NAME}", f"train.epochs={EPOCHS}")
     result = run(cfg, tmp_path / "outputs" / "r")
     stored = MlflowClient(mlflow_server).get_run(result.run_id)
     experiment_url = f"{mlflow_server}/#/experiments/{stored.info.experiment_id}"
@@ -31,7 +30,8 @@ def test_mlflow_ui_shows_the_run(page, shot, tiny_on_server, tmp_path, mlflow_se
     # The experiment's runs table lists the run, linked to its page.
     page.goto(f"{experiment_url}/runs?{ML_VIEW}")
     expect(page.get_by_role("link", name=RUN_NAME, exact=True)).to_have_attribute(
-        "href", re.compile(f"/runs/{result.run_id}$"))
+        "href", re.compile(f"/runs/{result.run_id}$")
+    )
     shot(page, "experiment-runs")
 
     # The run page, opened through the link the run prints: its name, and params as the store holds them.
@@ -52,7 +52,8 @@ def test_mlflow_ui_shows_the_run(page, shot, tiny_on_server, tmp_path, mlflow_se
     for metric in ("val_acc", "train_loss"):
         page.get_by_placeholder("Search metric charts").fill(metric)
         card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
-            has=page.get_by_role("heading", name=metric, exact=True))
+            has=page.get_by_role("heading", name=metric, exact=True)
+        )
         expect(card.locator(".js-plotly-plot svg.main-svg").first).to_be_visible()
         expect(card.locator(".scatterlayer path.js-line").first).to_have_attribute("d", re.compile(r"^M.*L"))
         shot(page, f"run-metrics-{metric}")

@@ -3,6 +3,7 @@ few notes per instrument) keep every render well under a second."""
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import random
@@ -16,14 +17,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from core.errors import UserError
-from core.registry import ENTRY_POINT_GROUP
+from core.api import Clip, Dataset, HealthCheck, UnknownOptionError, UserError
+from core.registry import ENTRY_POINT_GROUP, Registry, load_registry
 from plugins.datasets import gmnotes
-from plugins.datasets.families import FAMILIES, SOURCES
-from plugins.datasets.gmnotes import (LEFT_OUT, PROGRAMS, WAV_BYTES, FluidRenderer, GMNotesDataset,
-                                      GMNotesOptionError, SoundFontNotFoundError, allocate, build_gmnotes,
-                                      find_soundfont, loudest_frame_db, spread_order)
-from plugins.datasets.layout import SPLITS, DatasetError, split_dir
+from plugins.datasets.common.families import FAMILIES, SOURCES
+from plugins.datasets.common.layout import SPLITS, DatasetError, split_dir
+from plugins.datasets.gmnotes import render
+from plugins.datasets.gmnotes.constants import WAV_BYTES
+from plugins.datasets.gmnotes.dataset import GMNotesDataset, build_gmnotes
+from plugins.datasets.gmnotes.options import OPTIONS, GMNotesOptionError
+from plugins.datasets.gmnotes.plan import allocate, spread_order
+from plugins.datasets.gmnotes.programs import LEFT_OUT, PROGRAMS
+from plugins.datasets.gmnotes.render import FluidRenderer, RenderError, loudest_frame_db
+from plugins.datasets.gmnotes.soundfont import SoundFontNotFoundError, find_soundfont
 
 try:
     TIM = find_soundfont("TimGM6mb.sf2")
@@ -33,19 +39,78 @@ pytestmark = pytest.mark.skipif(TIM is None, reason="TimGM6mb.sf2 not installed 
 
 # TimGM6mb programs whose presets share few samples, so each is its own split unit.
 KEYBOARD, BRASS, REED = [4, 5, 6], [56, 57, 58], [64, 65, 66]
-TINY: dict[str, Any] = {"soundfonts": ["TimGM6mb"], "programs": KEYBOARD + BRASS + REED,
-                        "notes_per_instrument": 2}
-NSYNTH_FIELDS = {"note", "note_str", "instrument", "instrument_str", "pitch", "velocity", "sample_rate",
-                 "qualities", "qualities_str", "instrument_family", "instrument_family_str",
-                 "instrument_source", "instrument_source_str"}
-NOTE_STR = re.compile(r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_(?P<num>\d{3})"
-                      r"-(?P<pitch>\d{3})-(?P<velocity>\d{3})$")
+# One rendering process: tests patch the renderer in this process, and the tiny renders finish
+# before a pool would have started.
+TINY: dict[str, Any] = {
+    "soundfonts": ["TimGM6mb"],
+    "programs": KEYBOARD + BRASS + REED,
+    "notes_per_instrument": 2,
+    "num_workers": 1,
+}
+NSYNTH_FIELDS = {
+    "note",
+    "note_str",
+    "instrument",
+    "instrument_str",
+    "pitch",
+    "velocity",
+    "sample_rate",
+    "qualities",
+    "qualities_str",
+    "instrument_family",
+    "instrument_family_str",
+    "instrument_source",
+    "instrument_source_str",
+}
+NOTE_STR = re.compile(
+    r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_(?P<num>\d{3})"
+    r"-(?P<pitch>\d{3})-(?P<velocity>\d{3})$"
+)
 
 
-def build(root: Path, classes: list[str] | None = None, budget_mb: float | None = None,
-          max_per_class: int | None = None, seed: int = 0, **options: Any) -> GMNotesDataset:
-    return build_gmnotes(root, classes if classes is not None else ["keyboard", "brass", "reed"],
-                         budget_mb, max_per_class, seed, **{**TINY, **options})
+@functools.cache
+def registry() -> Registry:
+    return load_registry()
+
+
+def build_registered(
+    root: Path,
+    classes: list[str],
+    budget_mb: float | None,
+    max_per_class: int | None,
+    seed: int,
+    options: dict[str, Any],
+) -> GMNotesDataset:
+    """GMNotes as the core builds it: the options checked against the declared ones, defaults filled in."""
+    return registry().build(
+        "dataset",
+        "GMNotes",
+        options=options,
+        where="data.options.GMNotes",
+        root=root,
+        classes=classes,
+        max_total_size_mb=budget_mb,
+        max_per_class=max_per_class,
+        seed=seed,
+    )
+
+
+def build(
+    root: Path,
+    classes: list[str] | None = None,
+    budget_mb: float | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> GMNotesDataset:
+    return build_registered(
+        root,
+        classes if classes is not None else ["keyboard", "brass", "reed"],
+        budget_mb,
+        max_per_class,
+        seed,
+        {**TINY, **options},
+    )
 
 
 def examples(ds: GMNotesDataset, split: str) -> dict[str, dict[str, Any]]:
@@ -120,9 +185,20 @@ def test_get_items_labels_follow_data_classes_order(tmp_path: Path) -> None:
         items = ds.get_items(split)
         meta = examples(ds, split)
         assert {e["instrument_family_str"] for e in meta.values()} == {"reed", "keyboard"}  # class filter
-        assert {label for _, label in items} == {0, 1}
-        for path, label in items:
+        assert {label for _, label, _ in items} == {0, 1}
+        for path, label, _ in items:
             assert meta[path.stem]["instrument_family_str"] == ["reed", "keyboard"][label]
+
+
+def test_every_clip_is_grouped_by_its_instrument(rendered: GMNotesDataset) -> None:
+    assert isinstance(rendered, Dataset)
+    for split in SPLITS:
+        items = rendered.get_items(split)
+        meta = examples(rendered, split)
+        assert items and all(isinstance(clip, Clip) for clip in items)
+        assert len({clip.group for clip in items}) > 1
+        for clip in items:
+            assert clip.group == meta[clip.path.stem]["instrument_str"]
 
 
 # --- splits, sizes, spread --------------------------------------------------------------------
@@ -138,7 +214,7 @@ def test_split_is_deterministic_per_seed(tmp_path: Path) -> None:
 
 def test_default_soundfonts_give_every_family_instruments_in_every_split(tmp_path: Path) -> None:
     try:
-        ds = build_gmnotes(tmp_path, [], 1000.0, None, 0)
+        ds = build_registered(tmp_path, [], 1000.0, None, 0, {})
     except SoundFontNotFoundError:
         pytest.skip("FluidR3_GM.sf2 not installed (Debian fluid-soundfont-gm)")
     plan = ds.plan()
@@ -233,8 +309,14 @@ def test_silent_notes_are_dropped(tmp_path: Path) -> None:
 
 def test_silent_notes_give_their_place_to_the_next_candidates(tmp_path: Path) -> None:
     # pitches 72-98: TimGM6mb's whistle is audible up to 80 only; every cell can still fill 30 notes
-    ds = build(tmp_path, classes=["flute"], programs=[72, 73, 78, 79], pitch_min=72, max_per_class=30,
-               notes_per_instrument=None)
+    ds = build(
+        tmp_path,
+        classes=["flute"],
+        programs=[72, 73, 78, 79],
+        pitch_min=72,
+        max_per_class=30,
+        notes_per_instrument=None,
+    )
     ds.prepare()
     assert ds.stats.silent > 0
     assert ds.stats.rendered == ds.stats.planned + ds.stats.silent
@@ -257,8 +339,7 @@ def test_loudest_frame_threshold() -> None:
 def test_second_prepare_renders_nothing(rendered: GMNotesDataset) -> None:
     def mtimes() -> dict[Path, int]:
         # class_map.json is rewritten on purpose: data.classes may name the families in another order
-        return {p: p.stat().st_mtime_ns for p in rendered.dataset_dir.rglob("*")
-                if p.name != "class_map.json"}
+        return {p: p.stat().st_mtime_ns for p in rendered.dataset_dir.rglob("*") if p.name != "class_map.json"}
 
     before = mtimes()
     again = GMNotesDataset(rendered.dataset_dir.parents[1], ["keyboard", "brass", "reed"], rendered.settings)
@@ -285,7 +366,7 @@ def test_resume_after_losing_wavs_renders_only_those(tmp_path: Path) -> None:
 
 
 def test_resume_after_interrupted_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = gmnotes.render_task
+    real = render.render_task
     calls = {"n": 0}
 
     def crash_after_five(*args: Any) -> Any:
@@ -294,13 +375,13 @@ def test_resume_after_interrupted_render(tmp_path: Path, monkeypatch: pytest.Mon
         calls["n"] += 1
         return real(*args)
 
-    monkeypatch.setattr(gmnotes, "render_task", crash_after_five)
+    monkeypatch.setattr(render, "render_task", crash_after_five)
     ds = build(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         ds.prepare()
     assert not (ds.dataset_dir / ".complete").exists()
     assert len(wavs(ds)) == 5 and not list(ds.dataset_dir.rglob("*.part"))
-    monkeypatch.setattr(gmnotes, "render_task", real)
+    monkeypatch.setattr(render, "render_task", real)
     ds.prepare()
     assert ds.stats.already_done == 5 and ds.stats.rendered == ds.stats.planned - 5
     assert len(wavs(ds)) == ds.stats.planned == 18
@@ -310,9 +391,9 @@ def test_wav_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     def interrupted(*args: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gmnotes.os, "replace", interrupted)
+    monkeypatch.setattr(render.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        gmnotes.write_wav(tmp_path / "note.wav", np.zeros(64000, np.int16))
+        render.write_wav(tmp_path / "note.wav", np.zeros(64000, np.int16))
     assert list(tmp_path.iterdir()) == []  # neither a half-written WAV nor its temp file
 
 
@@ -321,8 +402,7 @@ def test_parallel_render_writes_the_same_bytes(tmp_path: Path, rendered: GMNotes
     ds.prepare()
     assert ds.dataset_dir.name == rendered.dataset_dir.name  # num_workers is not part of the hash
     ours, theirs = wavs(ds), wavs(rendered)
-    assert [p.relative_to(ds.dataset_dir) for p in ours] == [p.relative_to(rendered.dataset_dir)
-                                                             for p in theirs]
+    assert [p.relative_to(ds.dataset_dir) for p in ours] == [p.relative_to(rendered.dataset_dir) for p in theirs]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs))
 
 
@@ -338,10 +418,16 @@ def test_folder_hash_follows_rendering_parameters(tmp_path: Path) -> None:
     base = build(tmp_path).dataset_dir
     assert build(tmp_path, classes=["reed", "brass", "keyboard"]).dataset_dir == base  # label order only
     assert build(tmp_path, num_workers=2).dataset_dir == base
-    for changed in (build(tmp_path, notes_per_instrument=3), build(tmp_path, seed=1),
-                    build(tmp_path, classes=["keyboard", "brass"]), build(tmp_path, velocities=[50, 100]),
-                    build(tmp_path, max_per_class=4), build(tmp_path, budget_mb=5.0),
-                    build(tmp_path, split_fractions=[0.6, 0.2, 0.2]), build(tmp_path, pitch_max=90)):
+    for changed in (
+        build(tmp_path, notes_per_instrument=3),
+        build(tmp_path, seed=1),
+        build(tmp_path, classes=["keyboard", "brass"]),
+        build(tmp_path, velocities=[50, 100]),
+        build(tmp_path, max_per_class=4),
+        build(tmp_path, budget_mb=5.0),
+        build(tmp_path, split_fractions=[0.6, 0.2, 0.2]),
+        build(tmp_path, pitch_max=90),
+    ):
         assert changed.dataset_dir != base
 
 
@@ -356,17 +442,30 @@ def test_missing_soundfont_error_says_where_it_looked(tmp_path: Path) -> None:
 
 
 def test_unknown_option_lists_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(GMNotesOptionError) as err:
+    # the core refuses unknown keys against the declared options, before the factory runs
+    with pytest.raises(UnknownOptionError) as err:
         build(tmp_path, notes_per_instrumnet=3)
-    assert "notes_per_instrumnet" in str(err.value)
-    assert all(name in str(err.value) for name in gmnotes.OPTION_NAMES)
+    assert "notes_per_instrumnet" in str(err.value) and "data.options.GMNotes" in str(err.value)
+    assert "valid keys" in str(err.value)
+    assert all(name in str(err.value) for name in OPTIONS)
+    assert isinstance(err.value, UserError)
 
 
-@pytest.mark.parametrize("options", [
-    {"split_fractions": [0.5, 0.5]}, {"split_fractions": [0.8, 0.15, 0.15]}, {"velocities": [0, 64]},
-    {"pitch_min": 90, "pitch_max": 80}, {"notes_per_instrument": 0}, {"programs": [118]},
-    {"silence_db": 3}, {"oversample": "two"}, {"num_workers": 0}, {"extra_soundfonts": [{"file": "x"}]},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"split_fractions": [0.5, 0.5]},
+        {"split_fractions": [0.8, 0.15, 0.15]},
+        {"velocities": [0, 64]},
+        {"pitch_min": 90, "pitch_max": 80},
+        {"notes_per_instrument": 0},
+        {"programs": [118]},
+        {"silence_db": 3},
+        {"oversample": "two"},
+        {"num_workers": 0},
+        {"extra_soundfonts": [{"file": "x"}]},
+    ],
+)
 def test_bad_option_values_are_refused(tmp_path: Path, options: dict[str, Any]) -> None:
     with pytest.raises(GMNotesOptionError):
         build(tmp_path, **options)
@@ -391,3 +490,69 @@ def test_registered_as_a_dataset_plugin() -> None:
     assert "plugins.datasets.gmnotes" in {ep.value for ep in entry_points}
     [component] = gmnotes.audiokd_datasets()
     assert component.name == "GMNotes" and component.factory is build_gmnotes
+    assert component.options is OPTIONS and all(option.help for option in OPTIONS.values())
+
+
+def test_default_options_are_the_settings_the_project_renders_with(tmp_path: Path) -> None:
+    # the defaults are part of the render folder's hash: the same values keep the rendered data
+    assert {key: option.default for key, option in OPTIONS.items()} == {
+        "soundfonts": ["FluidR3_GM", "TimGM6mb"],
+        "extra_soundfonts": [],
+        "programs": None,
+        "notes_per_instrument": None,
+        "velocities": [25, 50, 75, 100, 127],
+        "pitch_min": 21,
+        "pitch_max": 108,
+        "split_fractions": [0.7, 0.15, 0.15],
+        "silence_db": -70.0,
+        "oversample": 2,
+        "num_workers": 2,
+    }
+    try:
+        ds = build_registered(tmp_path, [], 1000, None, 0, {})
+    except SoundFontNotFoundError:
+        pytest.skip("FluidR3_GM.sf2 not installed (Debian fluid-soundfont-gm)")
+    assert ds.num_workers == 2 and ds.settings.oversample == 2 and ds.settings.silence_db == -70.0
+    assert [sf.name for sf in ds.settings.soundfonts] == ["FluidR3_GM.sf2", "TimGM6mb.sf2"]
+
+
+# --- the doctor -------------------------------------------------------------------------------
+def test_doctor_reports_soundfonts_and_libfluidsynth() -> None:
+    checks = gmnotes.audiokd_doctor()
+    assert [check.label for check in checks] == ["SoundFonts", "libfluidsynth"]
+    assert all(isinstance(check, HealthCheck) and isinstance(check.ok, bool) and check.detail for check in checks)
+    soundfonts, libfluidsynth = checks
+    assert "TimGM6mb" in soundfonts.detail  # found by the same discovery as the renderer
+    assert libfluidsynth.ok and "libfluidsynth" in libfluidsynth.detail  # the renders above need it
+    assert [
+        (package, check.label)
+        for package, check in registry().health()
+        if check.label in ("SoundFonts", "libfluidsynth")
+    ] == [("audiokd", "SoundFonts"), ("audiokd", "libfluidsynth")]
+
+
+def raises(exc: Exception) -> Any:
+    def fail(*args: Any) -> Any:
+        raise exc
+
+    return fail
+
+
+def test_doctor_says_what_to_install_and_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gmnotes, "installed_soundfonts", lambda: [])
+    monkeypatch.setattr(render, "_bind_libfluidsynth", raises(RenderError("no lib")))
+    soundfonts, libfluidsynth = gmnotes.audiokd_doctor()
+    assert soundfonts == HealthCheck(
+        "SoundFonts", False, "none found (apt-get install fluid-soundfont-gm timgm6mb-soundfont)"
+    )
+    assert not libfluidsynth.ok and libfluidsynth.detail == "no lib"
+
+    monkeypatch.setattr(gmnotes, "installed_soundfonts", lambda: [TIM])
+    monkeypatch.setattr(render, "_bind_libfluidsynth", raises(OSError("bad ELF")))
+    soundfonts, libfluidsynth = gmnotes.audiokd_doctor()
+    assert not soundfonts.ok and str(TIM) in soundfonts.detail and "missing FluidR3_GM.sf2" in soundfonts.detail
+    assert not libfluidsynth.ok and "bad ELF" in libfluidsynth.detail and "libfluidsynth3" in libfluidsynth.detail
+
+    monkeypatch.setattr(gmnotes, "installed_soundfonts", raises(PermissionError("/usr/share/sounds/sf2")))
+    [soundfonts, _] = gmnotes.audiokd_doctor()
+    assert not soundfonts.ok and "PermissionError" in soundfonts.detail

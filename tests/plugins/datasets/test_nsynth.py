@@ -3,6 +3,7 @@ that serves tiny NSynth-layout archives built here and can misbehave on purpose.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -22,12 +23,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from core.errors import UserError
+from core.api import Clip, Dataset, UnknownOptionError, UserError
+from core.registry import Registry, load_registry
 from plugins.datasets import nsynth
-from plugins.datasets.families import FAMILIES, ClassNameError
-from plugins.datasets.layout import DatasetError
-from plugins.datasets.nsynth import (NSynthArchiveError, NSynthDownloadError, NSynthOptionError,
-                                     build_nsynth, download_NSynth)
+from plugins.datasets.common.families import FAMILIES, ClassNameError
+from plugins.datasets.common.layout import DatasetError
+from plugins.datasets.nsynth import download
+from plugins.datasets.nsynth.dataset import NSynthDataset, build_nsynth
+from plugins.datasets.nsynth.download import NSynthArchiveError, NSynthDownloadError, download_NSynth
+from plugins.datasets.nsynth.options import OPTIONS, NSynthOptionError
 
 SOURCES = ("acoustic", "electronic", "synthetic")
 ARCHIVE = "nsynth-{}.jsonwav.tar.gz"
@@ -46,15 +50,25 @@ def make_notes(split: str, counts: dict[str, int], seed: int = 0) -> Notes:
             instrument_str = f"{family}_{SOURCES[source]}_{instrument:03d}"
             note_str = f"{instrument_str}-{pitch:03d}-100"
             buf = io.BytesIO()
-            sf.write(buf, (rng.standard_normal(800) * 3000).astype(np.int16), 16000, format="WAV",
-                     subtype="PCM_16")
-            notes[note_str] = (buf.getvalue(), {
-                "note": len(notes), "note_str": note_str, "instrument": instrument,
-                "instrument_str": instrument_str, "pitch": pitch, "velocity": 100, "sample_rate": 16000,
-                "qualities": [k % 2, 0, 0, 1, 0, 0, 0, 0, 0, 0], "qualities_str": ["fast_decay"],
-                "instrument_family": FAMILIES.index(family), "instrument_family_str": family,
-                "instrument_source": source, "instrument_source_str": SOURCES[source],
-            })
+            sf.write(buf, (rng.standard_normal(800) * 3000).astype(np.int16), 16000, format="WAV", subtype="PCM_16")
+            notes[note_str] = (
+                buf.getvalue(),
+                {
+                    "note": len(notes),
+                    "note_str": note_str,
+                    "instrument": instrument,
+                    "instrument_str": instrument_str,
+                    "pitch": pitch,
+                    "velocity": 100,
+                    "sample_rate": 16000,
+                    "qualities": [k % 2, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+                    "qualities_str": ["fast_decay"],
+                    "instrument_family": FAMILIES.index(family),
+                    "instrument_family_str": family,
+                    "instrument_source": source,
+                    "instrument_source_str": SOURCES[source],
+                },
+            )
     return notes
 
 
@@ -64,10 +78,17 @@ def file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
     return info, data
 
 
-def build_archive(split: str, notes: Notes, *, examples_at: str | None = "middle",
-                  orphans: Notes | None = None, listed_only: Notes | None = None,
-                  extra: Sequence[tuple[tarfile.TarInfo, bytes | None]] = (),
-                  order: list[str] | None = None, seed: int = 0) -> bytes:
+def build_archive(
+    split: str,
+    notes: Notes,
+    *,
+    examples_at: str | None = "middle",
+    orphans: Notes | None = None,
+    listed_only: Notes | None = None,
+    extra: Sequence[tuple[tarfile.TarInfo, bytes | None]] = (),
+    order: list[str] | None = None,
+    seed: int = 0,
+) -> bytes:
     """A ``.tar.gz`` in NSynth's layout.
 
     WAVs of ``notes`` shuffled (or in ``order``); examples.json at ``examples_at`` (start/middle/end;
@@ -105,8 +126,10 @@ EXAMPLES_AT = {"test": "start", "valid": "middle", "train": "end"}
 
 
 def standard_archives() -> dict[str, bytes]:
-    return {ARCHIVE.format(s): build_archive(s, notes, examples_at=EXAMPLES_AT[s], seed=len(s))
-            for s, notes in SPLIT_NOTES.items()}
+    return {
+        ARCHIVE.format(s): build_archive(s, notes, examples_at=EXAMPLES_AT[s], seed=len(s))
+        for s, notes in SPLIT_NOTES.items()
+    }
 
 
 # --- a local, scriptable HTTP server ----------------------------------------------------------
@@ -226,6 +249,28 @@ def closed_port_url() -> str:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+@functools.cache
+def registry() -> Registry:
+    return load_registry()
+
+
+def build(
+    root: Path, classes: list[str], max_total_size_mb: float, max_per_class: int | None, seed: int, **options: Any
+) -> NSynthDataset:
+    """NSynth as the core builds it: the options checked against the declared ones, defaults filled in."""
+    return registry().build(
+        "dataset",
+        "NSynth",
+        options=options,
+        where="data.options.NSynth",
+        root=root,
+        classes=classes,
+        max_total_size_mb=max_total_size_mb,
+        max_per_class=max_per_class,
+        seed=seed,
+    )
+
+
 def wavs(root: Path, split: str) -> dict[str, bytes]:
     return {p.stem: p.read_bytes() for p in (root / "NSynth" / f"nsynth-{split}" / "audio").glob("*.wav")}
 
@@ -235,7 +280,7 @@ def examples(root: Path, split: str) -> dict[str, Any]:
 
 
 def state(root: Path) -> dict[str, Any]:
-    return json.loads((root / "NSynth" / nsynth.STATE_FILE).read_text())
+    return json.loads((root / "NSynth" / download.STATE_FILE).read_text())
 
 
 def stats(root: Path, split: str) -> dict[str, tuple[int, int]]:
@@ -245,29 +290,26 @@ def stats(root: Path, split: str) -> dict[str, tuple[int, int]]:
 
 def tree(path: Path, skip: Path | None = None) -> set[str]:
     """Every path under ``path`` (relative), leaving out ``skip`` and what it holds."""
-    return {str(p.relative_to(path)) for p in path.rglob("*")
-            if skip is None or (skip not in p.parents and p != skip)}
+    return {str(p.relative_to(path)) for p in path.rglob("*") if skip is None or (skip not in p.parents and p != skip)}
 
 
 def mb(n_notes: float) -> float:
-    return n_notes * NOTE_BYTES / nsynth.BYTES_PER_MB
+    return n_notes * NOTE_BYTES / download.BYTES_PER_MB
 
 
 # --- tests ------------------------------------------------------------------------------------
 def test_family_of_parses_families_with_underscores():
-    assert nsynth.family_of("synth_lead_synthetic_000-060-100") == "synth_lead"
-    assert nsynth.family_of("bass_electronic_018-022-100") == "bass"
-    assert nsynth.family_of("kazoo_acoustic_000-060-100") is None
-    assert nsynth.family_of("bass_acoustic_000") is None
+    assert download.family_of("synth_lead_synthetic_000-060-100") == "synth_lead"
+    assert download.family_of("bass_electronic_018-022-100") == "bass"
+    assert download.family_of("kazoo_acoustic_000-060-100") is None
+    assert download.family_of("bass_acoustic_000") is None
 
 
 def test_class_filter_keeps_requested_families_and_their_full_entries(server, tmp_path):
-    out = download_NSynth(tmp_path, ["violin", "synth_lead", "bass"], 100.0, base_url=server.base_url,
-                          progress=False)
+    out = download_NSynth(tmp_path, ["violin", "synth_lead", "bass"], 100.0, base_url=server.base_url, progress=False)
     assert out == tmp_path / "NSynth"
     for split, notes in SPLIT_NOTES.items():
-        expected = {n for n, (_, m) in notes.items()
-                    if m["instrument_family_str"] in ("string", "synth_lead", "bass")}
+        expected = {n for n, (_, m) in notes.items() if m["instrument_family_str"] in ("string", "synth_lead", "bass")}
         got = wavs(tmp_path, split)
         assert set(got) == expected, split
         assert all(got[n] == notes[n][0] for n in got)
@@ -279,7 +321,7 @@ def test_class_filter_keeps_requested_families_and_their_full_entries(server, tm
 def test_budget_is_shared_across_splits_and_classes(server, tmp_path):
     budget_mb = mb(31)  # test and valid get about 3 notes: one per class
     download_NSynth(tmp_path, ["bass", "string", "reed"], budget_mb, base_url=server.base_url, progress=False)
-    budget = int(budget_mb * nsynth.BYTES_PER_MB)
+    budget = int(budget_mb * download.BYTES_PER_MB)
     total = sum(len(w) for s in SPLIT_NOTES for w in wavs(tmp_path, s).values())
     assert 0 < total <= budget
     for split in SPLIT_NOTES:
@@ -289,8 +331,7 @@ def test_budget_is_shared_across_splits_and_classes(server, tmp_path):
     splits = state(tmp_path)["splits"]
     assert splits["test"]["budget_bytes"] == int(budget * 0.1)
     assert splits["valid"]["budget_bytes"] == int((budget - splits["test"]["kept_bytes"]) * 0.1 / 0.9)
-    assert splits["train"]["budget_bytes"] == (
-        budget - splits["test"]["kept_bytes"] - splits["valid"]["kept_bytes"])
+    assert splits["train"]["budget_bytes"] == (budget - splits["test"]["kept_bytes"] - splits["valid"]["kept_bytes"])
     assert all(r["kept_bytes"] <= r["budget_bytes"] for r in splits.values())
 
 
@@ -301,13 +342,15 @@ def test_class_with_few_notes_donates_its_share_and_reading_stops_early(tmp_path
     archive = build_archive("train", notes, examples_at="start", order=order)
     srv = ArchiveServer({ARCHIVE.format("train"): archive})
     try:
-        download_NSynth(tmp_path, ["bass", "string", "keyboard"], mb(9), base_url=srv.base_url,
-                        splits=["train"], progress=False)
+        download_NSynth(
+            tmp_path, ["bass", "string", "keyboard"], mb(9), base_url=srv.base_url, splits=["train"], progress=False
+        )
     finally:
         srv.close()
     kept = examples(tmp_path, "train")
-    per_family = {f: sum(1 for m in kept.values() if m["instrument_family_str"] == f)
-                  for f in ("bass", "string", "keyboard")}
+    per_family = {
+        f: sum(1 for m in kept.values() if m["instrument_family_str"] == f) for f in ("bass", "string", "keyboard")
+    }
     # Equal shares would be 3 notes each; bass has only 1, so string and keyboard share its leftover.
     assert per_family == {"bass": 1, "string": 4, "keyboard": 4}
     record = state(tmp_path)["splits"]["train"]
@@ -327,8 +370,9 @@ def test_resume_after_dropped_connection_fetches_only_the_rest(tmp_path, example
     root = tmp_path / "resumed"
     try:
         with pytest.raises(NSynthDownloadError, match="run again to resume"):  # retries=0: no retry
-            download_NSynth(root, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False,
-                            retries=0)
+            download_NSynth(
+                root, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False, retries=0
+            )
         record = state(root)["splits"]["train"]
         assert record["status"] == "partial" and record["files"]
         assert (root / "NSynth" / ".partial" / f"{name}.part").stat().st_size == cut
@@ -340,8 +384,9 @@ def test_resume_after_dropped_connection_fetches_only_the_rest(tmp_path, example
 
         n_requests = len(srv.log)
         download_NSynth(root, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False)
-        assert srv.log[n_requests:] == [{"name": name, "range": f"bytes={cut}-", "status": 206,
-                                         "sent": len(archive) - cut}]
+        assert srv.log[n_requests:] == [
+            {"name": name, "range": f"bytes={cut}-", "status": 206, "sent": len(archive) - cut}
+        ]
         after = stats(root, "train")
         assert {n: after[n] for n in before} == before  # finished files were not written again
         assert not stale.exists()
@@ -352,7 +397,7 @@ def test_resume_after_dropped_connection_fetches_only_the_rest(tmp_path, example
         srv.close()
     assert wavs(root, "train") == wavs(clean, "train")
     assert examples(root, "train") == examples(clean, "train")
-    assert sum(len(w) for w in wavs(root, "train").values()) <= budget_mb * nsynth.BYTES_PER_MB
+    assert sum(len(w) for w in wavs(root, "train").values()) <= budget_mb * download.BYTES_PER_MB
     assert not (root / "NSynth" / ".partial").exists()
 
 
@@ -365,15 +410,14 @@ def test_resume_when_server_ignores_range_restarts_without_rewriting(tmp_path):
     srv.ignore_range = True
     try:
         with pytest.raises(NSynthDownloadError):
-            download_NSynth(tmp_path, ["reed", "bass"], 100.0, base_url=srv.base_url, splits=["train"],
-                            progress=False, retries=0)
+            download_NSynth(
+                tmp_path, ["reed", "bass"], 100.0, base_url=srv.base_url, splits=["train"], progress=False, retries=0
+            )
         before = stats(tmp_path, "train")
         assert before
         n_requests = len(srv.log)
-        download_NSynth(tmp_path, ["reed", "bass"], 100.0, base_url=srv.base_url, splits=["train"],
-                        progress=False)
-        assert srv.log[n_requests:] == [{"name": name, "range": f"bytes={cut}-", "status": 200,
-                                         "sent": len(archive)}]
+        download_NSynth(tmp_path, ["reed", "bass"], 100.0, base_url=srv.base_url, splits=["train"], progress=False)
+        assert srv.log[n_requests:] == [{"name": name, "range": f"bytes={cut}-", "status": 200, "sent": len(archive)}]
     finally:
         srv.close()
     after = stats(tmp_path, "train")
@@ -386,8 +430,7 @@ def clean_copy(tmp_path: Path, archive: bytes, classes: list[str], budget_mb: fl
     """The same split downloaded by a server that never misbehaves: what every resume must equal."""
     srv = ArchiveServer({ARCHIVE.format("train"): archive})
     try:
-        download_NSynth(tmp_path / "clean", classes, budget_mb, base_url=srv.base_url, splits=["train"],
-                        progress=False)
+        download_NSynth(tmp_path / "clean", classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False)
     finally:
         srv.close()
     return tmp_path / "clean"
@@ -408,10 +451,9 @@ def test_dropped_connection_is_retried_in_the_same_run_from_where_it_stopped(tmp
     classes, budget_mb = ["bass", "reed"], 100.0
     srv = ArchiveServer({name: archive})
     srv.drop_after[name] = [len(archive) // 3, len(archive) // 3]  # two drops, then a whole answer
-    caplog.set_level(logging.WARNING, logger=nsynth.__name__)
+    caplog.set_level(logging.WARNING, logger=download.__name__)
     try:
-        download_NSynth(tmp_path / "root", classes, budget_mb, base_url=srv.base_url, splits=["train"],
-                        progress=False)
+        download_NSynth(tmp_path / "root", classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False)
     finally:
         srv.close()
     assert [e["status"] for e in srv.log] == [200, 206, 206]
@@ -430,14 +472,17 @@ def test_stalled_download_times_out_and_resumes_with_a_range_request(tmp_path):
     srv.stall_after[name] = stall = int(len(archive) * 0.45)
     started = time.monotonic()
     try:
-        download_NSynth(tmp_path / "root", classes, budget_mb, base_url=srv.base_url, splits=["train"],
-                        progress=False, timeout=1.0)
+        download_NSynth(
+            tmp_path / "root", classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False, timeout=1.0
+        )
     finally:
         srv.close()
     elapsed = time.monotonic() - started
     assert elapsed < 10  # one 1 s timeout and an immediate retry, not a hang
-    assert srv.log == [{"name": name, "range": None, "status": 200, "sent": stall},
-                       {"name": name, "range": f"bytes={stall}-", "status": 206, "sent": len(archive) - stall}]
+    assert srv.log == [
+        {"name": name, "range": None, "status": 200, "sent": stall},
+        {"name": name, "range": f"bytes={stall}-", "status": 206, "sent": len(archive) - stall},
+    ]
     expected = {n for n, (_, m) in SPLIT_NOTES["train"].items() if m["instrument_family_str"] in classes}
     got = wavs(tmp_path / "root", "train")
     assert set(got) == expected and all(got[n] == SPLIT_NOTES["train"][n][0] for n in got)
@@ -446,7 +491,7 @@ def test_stalled_download_times_out_and_resumes_with_a_range_request(tmp_path):
 
 
 def test_retries_run_out_with_an_error_naming_url_cause_and_resume(tmp_path, monkeypatch):
-    monkeypatch.setattr(nsynth, "_retry_wait", lambda attempt: 0.0)
+    monkeypatch.setattr(download, "_retry_wait", lambda attempt: 0.0)
     archive = build_archive("train", SPLIT_NOTES["train"], examples_at="end", seed=15)
     name = ARCHIVE.format("train")
     srv = ArchiveServer({name: archive})
@@ -454,8 +499,16 @@ def test_retries_run_out_with_an_error_naming_url_cause_and_resume(tmp_path, mon
     url = f"{srv.base_url}/{name}"
     try:
         with pytest.raises(NSynthDownloadError) as info:
-            download_NSynth(tmp_path, ["bass"], 100.0, base_url=srv.base_url, splits=["train"],
-                            progress=False, timeout=0.5, retries=2)
+            download_NSynth(
+                tmp_path,
+                ["bass"],
+                100.0,
+                base_url=srv.base_url,
+                splits=["train"],
+                progress=False,
+                timeout=0.5,
+                retries=2,
+            )
         message = str(info.value)
         assert url in message and "stalled: no data for 0.5 s" in message
         assert "after that and 2 retries" in message and "run again to resume" in message
@@ -466,8 +519,7 @@ def test_retries_run_out_with_an_error_naming_url_cause_and_resume(tmp_path, mon
         assert not (tmp_path / "NSynth" / "nsynth-train" / "examples.json").exists()
 
         download_NSynth(tmp_path, ["bass"], 100.0, base_url=srv.base_url, splits=["train"], progress=False)
-        assert srv.log[-1] == {"name": name, "range": f"bytes={stall}-", "status": 206,
-                               "sent": len(archive) - stall}
+        assert srv.log[-1] == {"name": name, "range": f"bytes={stall}-", "status": 206, "sent": len(archive) - stall}
     finally:
         srv.close()
     assert set(wavs(tmp_path, "train")) == {n for n in SPLIT_NOTES["train"] if n.startswith("bass_")}
@@ -475,7 +527,7 @@ def test_retries_run_out_with_an_error_naming_url_cause_and_resume(tmp_path, mon
 
 
 def test_retry_delays_grow_and_are_bounded():
-    assert [nsynth._retry_wait(n) for n in range(1, 10)] == [0, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert [download._retry_wait(n) for n in range(1, 10)] == [0, 1, 2, 4, 8, 16, 30, 30, 30]
 
 
 def test_retry_when_server_ignores_range_skips_what_it_has(tmp_path):
@@ -515,12 +567,12 @@ def test_archive_changed_on_the_server_during_a_retry_is_not_spliced(tmp_path):
 
 
 def test_budget_holds_across_repeated_interruptions_and_nothing_is_fetched_twice(tmp_path, monkeypatch):
-    monkeypatch.setattr(nsynth, "_retry_wait", lambda attempt: 0.0)
+    monkeypatch.setattr(download, "_retry_wait", lambda attempt: 0.0)
     # examples.json last: every byte must be read, so the bytes sent can be counted exactly.
     archive = build_archive("train", SPLIT_NOTES["train"], examples_at="end", seed=19)
     name = ARCHIVE.format("train")
     classes, budget_mb = ["bass", "string", "keyboard"], mb(7)  # about 2 of 6 notes per class
-    budget = int(budget_mb * nsynth.BYTES_PER_MB)
+    budget = int(budget_mb * download.BYTES_PER_MB)
     step = len(archive) // 5
     srv = ArchiveServer({name: archive})
     srv.drop_after[name] = [step] * 4
@@ -531,8 +583,9 @@ def test_budget_holds_across_repeated_interruptions_and_nothing_is_fetched_twice
         # Three runs cut short (the third uses its one retry on the third drop and fails on the fourth).
         for retries in (0, 0, 1):
             with pytest.raises(NSynthDownloadError, match="run again to resume"):
-                download_NSynth(root, classes, budget_mb, base_url=srv.base_url, splits=["train"],
-                                progress=False, retries=retries)
+                download_NSynth(
+                    root, classes, budget_mb, base_url=srv.base_url, splits=["train"], progress=False, retries=retries
+                )
             on_disk = {p.stem: p.stat().st_size for p in audio.glob("*.wav")}
             assert 0 < sum(on_disk.values()) <= budget
             assert on_disk == state(root)["splits"]["train"]["files"]  # every WAV is accounted for
@@ -558,7 +611,7 @@ def test_complete_download_makes_no_request(server, tmp_path):
     assert n_requests == 3
     download_NSynth(tmp_path, ["bass", "reed"], 100.0, base_url=server.base_url, progress=False)
     download_NSynth(tmp_path, ["reed"], 100.0, base_url=server.base_url, progress=False)  # a subset: reused
-    dataset = build_nsynth(tmp_path, ["bass", "reed"], 100.0, None, 0, base_url=server.base_url)
+    dataset = build(tmp_path, ["bass", "reed"], 100.0, None, 0, base_url=server.base_url)
     dataset.prepare()
     assert len(server.log) == n_requests
 
@@ -584,9 +637,15 @@ def test_unsafe_members_are_refused_and_nothing_is_written_outside_root(tmp_path
     evil_dir = tarfile.TarInfo("../evil_dir")
     evil_dir.type = tarfile.DIRTYPE
     payload = b"RIFF-evil"
-    extra = [file_member("../evil.wav", payload), file_member(str(outside / "abs_evil.wav"), payload),
-             file_member("nsynth-test/audio/../../../evil2.wav", payload),
-             (sym, None), (hard, None), (dev, None), (evil_dir, None)]
+    extra = [
+        file_member("../evil.wav", payload),
+        file_member(str(outside / "abs_evil.wav"), payload),
+        file_member("nsynth-test/audio/../../../evil2.wav", payload),
+        (sym, None),
+        (hard, None),
+        (dev, None),
+        (evil_dir, None),
+    ]
     archive = build_archive("test", notes, examples_at="middle", listed_only=decoys, extra=extra)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:  # the archive really holds these names
         assert {"../evil.wav", str(outside / "abs_evil.wav"), "../evil_dir"} <= set(tar.getnames())
@@ -594,7 +653,7 @@ def test_unsafe_members_are_refused_and_nothing_is_written_outside_root(tmp_path
     root = tmp_path / "root"
     srv = ArchiveServer({ARCHIVE.format("test"): archive})
     outside_before = tree(tmp_path, root)
-    caplog.set_level(logging.WARNING, logger=nsynth.__name__)
+    caplog.set_level(logging.WARNING, logger=download.__name__)
     try:
         download_NSynth(root, [], 100.0, base_url=srv.base_url, splits=["test"], progress=False)
     finally:
@@ -644,8 +703,11 @@ def test_truncated_archive_is_a_clear_error_and_leaves_no_complete_looking_file(
     full = build_archive("train", SPLIT_NOTES["train"], examples_at="end", listed_only=missing)
     # The file itself is cut (Content-Length agrees): in a note, or only the gzip CRC trailer.
     server.files[name] = full[: int(len(full) * keep) if keep > 0 else keep]
-    with pytest.raises(NSynthArchiveError, match=rf"{name} is truncated.*notes written so far are kept.*"
-                                                 rf"run again"):
+    with pytest.raises(
+        NSynthArchiveError,
+        match=rf"{name} is truncated.*notes written so far are kept.*"
+        rf"run again",
+    ):
         download_NSynth(tmp_path, [], 100.0, base_url=server.base_url, splits=["train"], progress=False)
     assert not (tmp_path / "NSynth" / "nsynth-train" / "examples.json").exists()
     audio = tmp_path / "NSynth" / "nsynth-train" / "audio"
@@ -668,15 +730,18 @@ def test_corrupt_archive_is_a_clear_error_and_leaves_nothing_that_looks_complete
     bad = bytearray(full)
     if where == "deflate-data":
         at = len(full) // 2
-        bad[at:at + 64] = random.Random(0).randbytes(64)
+        bad[at : at + 64] = random.Random(0).randbytes(64)
     else:  # every byte decodes; only the CRC32 in the gzip trailer disagrees
         bad[-8:-4] = bytes(b ^ 0xFF for b in bad[-8:-4])
     assert len(bad) == len(full)
     server.files[name] = bytes(bad)
     nsdir = tmp_path / "NSynth"
     for _ in range(2):  # a second run takes nothing of the first as done, and fails the same way
-        with pytest.raises(NSynthArchiveError, match=r"is corrupt near byte \d+ .*notes written from it were "
-                                                     r"deleted.*Run again") as info:
+        with pytest.raises(
+            NSynthArchiveError,
+            match=r"is corrupt near byte \d+ .*notes written from it were "
+            r"deleted.*Run again",
+        ) as info:
             download_NSynth(tmp_path, [], 100.0, base_url=server.base_url, splits=["train"], progress=False)
         assert f"{server.base_url}/{name}" in str(info.value)
         assert not (nsdir / "nsynth-train" / "examples.json").exists()
@@ -700,7 +765,7 @@ def test_unsupported_scheme_is_refused_before_anything_happens(tmp_path):
     with pytest.raises(NSynthOptionError, match=r"'ftp'.*valid schemes: http, https, file"):
         download_NSynth(tmp_path / "root", ["bass"], 10.0, base_url="ftp://example.org/nsynth")
     with pytest.raises(NSynthOptionError, match="valid schemes"):
-        build_nsynth(tmp_path / "root", ["bass"], 10.0, None, 0, base_url="nsynth.example.org")
+        build(tmp_path / "root", ["bass"], 10.0, None, 0, base_url="nsynth.example.org")
     assert not (tmp_path / "root").exists()
 
 
@@ -731,15 +796,15 @@ def test_file_url_mirror(tmp_path):
 
 
 def test_plugin_get_items_follow_the_requested_label_order(server, tmp_path):
-    dataset = build_nsynth(tmp_path, ["violin", "bass"], 100.0, None, 0, base_url=server.base_url)
+    dataset = build(tmp_path, ["violin", "bass"], 100.0, None, 0, base_url=server.base_url)
     assert dataset.sample_rate == 16000 and dataset.class_names == ["violin", "bass"]
     dataset.prepare()
     items = dataset.get_items("train")
     family_of_label = {0: "string", 1: "bass"}
-    assert {label for _, label in items} == {0, 1}
-    for path, label in items:
+    assert {label for _, label, _ in items} == {0, 1}
+    for path, label, _ in items:
         assert path.parent == tmp_path / "NSynth" / "nsynth-train" / "audio"
-        assert nsynth.family_of(path.stem) == family_of_label[label]
+        assert download.family_of(path.stem) == family_of_label[label]
     assert len(items) == 12
     class_map = json.loads((tmp_path / "NSynth" / "class_map.json").read_text())
     assert class_map["classes"] == ["violin", "bass"] and class_map["families"] == ["string", "bass"]
@@ -761,43 +826,49 @@ def test_local_dir_is_used_in_place_without_download(tmp_path):
     copy = write_local_copy(tmp_path / "nsynth_copy")
     before = tree(copy)
     root = tmp_path / "root"
-    dataset = build_nsynth(root, ["reed", "synth"], 0.001, None, 0, local_dir=str(copy),
-                           base_url=closed_port_url())
+    dataset = build(root, ["reed", "synth"], 0.001, None, 0, local_dir=str(copy), base_url=closed_port_url())
     dataset.prepare()  # the closed port would fail any download
     items = dataset.get_items("test")
-    assert {label for _, label in items} == {0, 1}
-    assert all(p.parent == copy / "nsynth-test" / "audio" for p, _ in items)
-    assert all(nsynth.family_of(p.stem) == ("reed", "synth_lead")[label] for p, label in items)
+    assert {label for _, label, _ in items} == {0, 1}
+    assert all(p.parent == copy / "nsynth-test" / "audio" for p, _, _ in items)
+    assert all(download.family_of(p.stem) == ("reed", "synth_lead")[label] for p, label, _ in items)
     assert tree(copy) == before  # nothing written into the copy
     assert json.loads((root / "NSynth" / "class_map.json").read_text())["classes"] == ["reed", "synth"]
-    assert not (root / "NSynth" / nsynth.STATE_FILE).exists()
+    assert not (root / "NSynth" / download.STATE_FILE).exists()
 
     with pytest.raises(DatasetError, match=r"nsynth-train/examples\.json"):
-        build_nsynth(root, ["reed"], 1.0, None, 0, local_dir=str(copy / "nsynth-train")).prepare()
+        build(root, ["reed"], 1.0, None, 0, local_dir=str(copy / "nsynth-train")).prepare()
 
 
 def test_unknown_class_and_option_errors(tmp_path):
     with pytest.raises(ClassNameError, match="unknown class 'kazoo'"):
         download_NSynth(tmp_path, ["kazoo"], 10.0, base_url=closed_port_url())
     with pytest.raises(ClassNameError, match="Valid names"):
-        build_nsynth(tmp_path, ["bass", "kazoo"], 10.0, None, 0)
-    valid = "valid keys: base_url, local_dir, retries, splits, timeout"
-    with pytest.raises(NSynthOptionError, match=f"unknown data.options.NSynth key.*bogus.*{valid}") as info:
-        build_nsynth(tmp_path, ["bass"], 10.0, None, 0, bogus=1)
+        build(tmp_path, ["bass", "kazoo"], 10.0, None, 0)
+    # unknown keys are refused by the core, against the options NSynth declares
+    with pytest.raises(
+        UnknownOptionError,
+        match=r"unknown option\(s\) for dataset NSynth in data\.options\.NSynth: "
+        r"bogus; valid keys: base_url \(default",
+    ) as info:
+        build(tmp_path, ["bass"], 10.0, None, 0, bogus=1)
+    assert all(
+        f"{key} (default" in str(info.value) for key in ("base_url", "local_dir", "retries", "splits", "timeout")
+    )
     assert isinstance(info.value, UserError)
     with pytest.raises(NSynthOptionError, match="max_total_size_mb must be a positive"):
         download_NSynth(tmp_path, ["bass"], 0, base_url=closed_port_url())
     with pytest.raises(NSynthOptionError, match="unknown split 'dev'"):
-        build_nsynth(tmp_path, ["bass"], 10.0, None, 0, splits=["train", "dev"])
+        build(tmp_path, ["bass"], 10.0, None, 0, splits=["train", "dev"])
     for bad in (0, -1, "abc", float("nan"), float("inf"), True, None):
         with pytest.raises(NSynthOptionError, match=r"timeout must be a positive number of seconds"):
-            build_nsynth(tmp_path, ["bass"], 10.0, None, 0, timeout=bad)
+            build(tmp_path, ["bass"], 10.0, None, 0, timeout=bad)
     for bad in (-1, 1.5, "3", True, None):
         with pytest.raises(NSynthOptionError, match=r"retries must be a whole number >= 0"):
-            build_nsynth(tmp_path, ["bass"], 10.0, None, 0, retries=bad)
+            build(tmp_path, ["bass"], 10.0, None, 0, retries=bad)
     with pytest.raises(NSynthOptionError, match="retries"):
         download_NSynth(tmp_path, ["bass"], 10.0, base_url=closed_port_url(), retries=-2)
-    assert build_nsynth(tmp_path, ["bass"], 10.0, None, 0, retries=0, timeout="2.5").timeout == 2.5
+    assert build(tmp_path, ["bass"], 10.0, None, 0, retries=0, timeout="2.5").timeout == 2.5
     assert not (tmp_path / "NSynth").exists()
 
 
@@ -805,7 +876,7 @@ def test_class_budget_never_exceeds_its_budget():
     rng = random.Random(0)
     for _ in range(200):
         families = rng.sample(FAMILIES, rng.randint(1, 5))
-        budget = nsynth._ClassBudget(families, rng.randint(0, 5000))
+        budget = download._ClassBudget(families, rng.randint(0, 5000))
         notes = [(rng.choice(families), rng.randint(1, 600)) for _ in range(rng.randint(0, 40))]
         meta_at = rng.randint(0, len(notes))
         for i, (family, size) in enumerate(notes):
@@ -820,6 +891,32 @@ def test_class_budget_never_exceeds_its_budget():
 def test_hook_registers_the_factory():
     (component,) = nsynth.audiokd_datasets()
     assert component.name == "NSynth" and component.factory is build_nsynth
+    assert component.options is OPTIONS and all(option.help for option in OPTIONS.values())
+    assert {key: option.default for key, option in OPTIONS.items()} == {
+        "base_url": "http://download.magenta.tensorflow.org/datasets/nsynth",
+        "local_dir": None,
+        "timeout": 30.0,
+        "retries": 5,
+        "splits": ["train", "valid", "test"],
+    }
+
+
+def test_every_clip_is_grouped_by_its_instrument(server, tmp_path):
+    copy = write_local_copy(tmp_path / "nsynth_copy")
+    downloaded = build(tmp_path / "root", [], 100.0, None, 0, base_url=server.base_url)
+    downloaded.prepare()
+    for dataset, folder in (
+        (downloaded, tmp_path / "root" / "NSynth"),
+        (build(tmp_path / "root", [], 1.0, None, 0, local_dir=str(copy)), copy),
+    ):
+        assert isinstance(dataset, Dataset)
+        for split in ("train", "valid", "test"):
+            items = dataset.get_items(split)
+            meta = json.loads((folder / f"nsynth-{split}" / "examples.json").read_text())
+            assert items and all(isinstance(clip, Clip) for clip in items)
+            assert len({clip.group for clip in items}) > 1
+            for clip in items:
+                assert clip.group == meta[clip.path.stem]["instrument_str"]
 
 
 def test_rich_progress_on_a_terminal(server, tmp_path, monkeypatch, capsys):

@@ -14,10 +14,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.api import UnknownOptionError
+from core.registry import load_registry
+from core.stages import profile
+from core.stages.profile import TOLERANCE, format_table, write_report
 from plugins.profilers import macs
-from core.profile import TOLERANCE, format_table, write_report
-from plugins.profilers.macs import FlopCounterProfiler, ProfilerError, ThopProfiler, cross_check
+from plugins.profilers.macs import FlopCounterProfiler, ProfilerError, ThopProfiler
 from plugins.students.mobilenet import build_mobilenet
+
+
+def cross_check(model: nn.Module, example, name: str | None = None) -> dict:
+    """Both registered MAC counters on one model: the core's cross-check report row."""
+    return profile.cross_check(load_registry(), model, example, name)
+
 
 STUDENT_INPUT = (1, 1, 128, 401)  # 4 s at hop 160, 128 mels
 
@@ -43,7 +52,7 @@ def test_registers_both_profilers_and_checks_options() -> None:
     assert set(components) == {"thop", "flop_counter"}
     assert isinstance(components["thop"].factory(count_attention=False), ThopProfiler)
     assert isinstance(components["flop_counter"].factory(eager_attention=False), FlopCounterProfiler)
-    with pytest.raises(ProfilerError, match="valid: count_attention, custom_ops"):
+    with pytest.raises(UnknownOptionError, match="valid keys: count_attention, custom_ops"):
         components["thop"].factory(attention=True)
 
 
@@ -52,17 +61,19 @@ def test_registers_both_profilers_and_checks_options() -> None:
 
 def test_hand_computed_conv_net_is_exact_for_both_tools() -> None:
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),             # -> [2, 4, 8, 10]
+        nn.Conv2d(1, 4, 3, padding=1),  # -> [2, 4, 8, 10]
         nn.ReLU(),
-        nn.Conv2d(4, 6, 3, stride=2, groups=2),    # -> [2, 6, 3, 4]
+        nn.Conv2d(4, 6, 3, stride=2, groups=2),  # -> [2, 6, 3, 4]
         nn.MaxPool2d(1),
         nn.Flatten(),
         nn.Linear(6 * 3 * 4, 5),
     )
     x = torch.randn(2, 1, 8, 10)
-    expected = (2 * 4 * 8 * 10 * 1 * 3 * 3      # conv1: out elements x (Cin/groups x k x k)
-                + 2 * 6 * 3 * 4 * 2 * 3 * 3     # conv2: 2 input channels per group
-                + 2 * 72 * 5)                   # linear: batch x in x out
+    expected = (
+        2 * 4 * 8 * 10 * 1 * 3 * 3  # conv1: out elements x (Cin/groups x k x k)
+        + 2 * 6 * 3 * 4 * 2 * 3 * 3  # conv2: 2 input channels per group
+        + 2 * 72 * 5
+    )  # linear: batch x in x out
     by_thop, by_fc = ThopProfiler().profile(net, x), FlopCounterProfiler().profile(net, x)
     assert by_thop.macs == by_fc.macs == expected == 9072
     assert by_thop.params == by_fc.params == sum(p.numel() for p in net.parameters())
@@ -73,7 +84,7 @@ def test_student_mobilenet_v3_small_agrees_and_matches_measured() -> None:
     net.classifier[-1].requires_grad_(False)  # a frozen layer: trainable < all
     row = cross_check(net, torch.randn(*STUDENT_INPUT), "student")
     assert row["within_tolerance"] and abs(row["diff_pct"]) <= 100 * TOLERANCE
-    assert 41.5e6 < row["macs_thop"] < 41.7e6  # shared/MEASURED.md: 41.6 M MACs (thop)
+    assert 41.5e6 < row["macs_thop"] < 41.7e6  # measured: 41.6 M MACs (thop)
     assert row["params"] == sum(p.numel() for p in net.parameters())
     frozen = net.classifier[-1].weight.numel() + net.classifier[-1].bias.numel()
     assert row["trainable_params"] == row["params"] - frozen
@@ -97,8 +108,15 @@ def test_disagreement_beyond_tolerance_is_explained_by_module_type() -> None:
 def tiny_ast():
     from transformers import ASTConfig, ASTForAudioClassification
 
-    config = ASTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                       max_length=64, num_mel_bins=32, num_labels=5)
+    config = ASTConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_length=64,
+        num_mel_bins=32,
+        num_labels=5,
+    )
     return ASTForAudioClassification(config)
 
 
@@ -153,8 +171,9 @@ def test_passt_attention_counted() -> None:
     from hear21passt.models.passt import PaSST
 
     # stride 10 with a grid PaSST's positional embeddings accept: 36 mels -> 3, 56 frames -> 5
-    model = PaSST(img_size=(36, 56), patch_size=16, stride=10, in_chans=1, num_classes=5,
-                  embed_dim=64, depth=2, num_heads=4)
+    model = PaSST(
+        img_size=(36, 56), patch_size=16, stride=10, in_chans=1, num_classes=5, embed_dim=64, depth=2, num_heads=4
+    )
     x = torch.randn(1, 1, 36, 56)
     with contextlib.redirect_stdout(io.StringIO()):  # PaSST prints shapes on its first forward
         plain = ThopProfiler(count_attention=False).profile(model, x).macs
@@ -202,8 +221,10 @@ def test_multihead_attention_called_with_keywords_is_refused() -> None:
 
 
 def test_report_written_as_json_and_markdown(tmp_path: Path) -> None:
-    rows = [cross_check(build_mobilenet("mobilenet_v3_small", 11, 0.5), torch.randn(*STUDENT_INPUT), "w0.5"),
-            cross_check(SelfAttention(), torch.randn(2, 10, 64), "mha")]
+    rows = [
+        cross_check(build_mobilenet("mobilenet_v3_small", 11, 0.5), torch.randn(*STUDENT_INPUT), "w0.5"),
+        cross_check(SelfAttention(), torch.randn(2, 10, 64), "mha"),
+    ]
     json_path, md_path = write_report(rows, tmp_path / "profile")
     assert json.loads(json_path.read_text()) == rows
     md = md_path.read_text()

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from core import checkpoint as ckpt
-from core.pruning import output_layers
+from core.engine import checkpoint as ckpt
+from core.engine.structure import describe, rebuild
 from core.registry import load_registry
-from core.structure import describe, rebuild
+from core.stages.prune import output_layers
 from plugins.pruners.structural import PrunerError
 from plugins.students.mobilenet import build_mobilenet
 
@@ -109,7 +109,7 @@ def test_a_layout_from_another_architecture_is_refused():
 THIRD_PARTY_PRUNER = """
     import torch
     from torch import nn
-    from core.registry import Component, hookimpl
+    from core.api import Component, hookimpl
 
     class HalveLastConv:
         '''Keeps the first half of the last conv's output channels (and the layers that read them).'''
@@ -158,10 +158,12 @@ def test_ignored_layers_keep_their_channels_and_global_scope_prunes_layers_uneve
     assert plain.features[0][0].out_channels < stem.out_channels == 16
 
     uniform, ranked = student(), student()
-    reg.build("pruner", "structural", scope="uniform", round_to=None).prune(uniform, EXAMPLE, 0.5,
-                                                                           output_layers(uniform, K))
-    reg.build("pruner", "structural", scope="global", round_to=None).prune(ranked, EXAMPLE, 0.5,
-                                                                          output_layers(ranked, K))
+    reg.build("pruner", "structural", scope="uniform", round_to=None).prune(
+        uniform, EXAMPLE, 0.5, output_layers(uniform, K)
+    )
+    reg.build("pruner", "structural", scope="global", round_to=None).prune(
+        ranked, EXAMPLE, 0.5, output_layers(ranked, K)
+    )
     original = channel_counts(student())
     uniform_share = {round(a / b, 1) for a, b in zip(channel_counts(uniform), original) if b > 8}
     ranked_share = {round(a / b, 1) for a, b in zip(channel_counts(ranked), original) if b > 8}

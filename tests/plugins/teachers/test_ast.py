@@ -11,8 +11,15 @@ import torch
 from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
 
 from core.errors import UserError
-from plugins.teachers.ast import (AST_BASE_CHECKPOINT, AST_TINY, KaldiFbank, audiokd_teachers, build_ast,
-                                  build_ast_base, build_ast_tiny)
+from plugins.teachers.ast import (
+    AST_BASE_CHECKPOINT,
+    AST_TINY,
+    KaldiFbank,
+    audiokd_teachers,
+    build_ast,
+    build_ast_base,
+    build_ast_tiny,
+)
 from plugins.teachers.common import fit_time_positions
 
 SR = 16000
@@ -55,8 +62,9 @@ def test_checkpoint_loads_and_gives_k_logits_from_waveforms(ast_dir: Path) -> No
     # the saved 7-class classifier is gone; the backbone weights are the saved ones
     saved = ASTForAudioClassification.from_pretrained(ast_dir)
     assert not any(p.shape[0] == 7 for p in teacher.parameters())
-    torch.testing.assert_close(teacher.blocks[2].attention.q_proj.weight,
-                               saved.audio_spectrogram_transformer.layers[2].attention.q_proj.weight)
+    torch.testing.assert_close(
+        teacher.blocks[2].attention.q_proj.weight, saved.audio_spectrogram_transformer.layers[2].attention.q_proj.weight
+    )
 
 
 def test_position_embeddings_are_cropped_to_the_4s_patch_grid(ast_dir: Path) -> None:
@@ -73,7 +81,7 @@ def test_position_embeddings_are_cropped_to_the_4s_patch_grid(ast_dir: Path) -> 
     assert torch.equal(pos[:, :2], saved_pos[:, :2])  # CLS and distillation positions unchanged
     grid = saved_pos[0, 2:].reshape(SAVED_F, SAVED_T, -1)
     start = SAVED_T // 2 - new_t // 2  # the original AST recipe keeps the centre columns
-    torch.testing.assert_close(pos[0, 2:].reshape(SAVED_F, new_t, -1), grid[:, start:start + new_t])
+    torch.testing.assert_close(pos[0, 2:].reshape(SAVED_F, new_t, -1), grid[:, start : start + new_t])
     assert teacher.frontend(waves(2)).shape == (2, 398, 128)
 
 
@@ -119,10 +127,17 @@ def test_freeze_trains_only_the_head_and_the_last_n_blocks(ast_dir: Path, n: int
     teacher = build_ast(5, checkpoint=str(ast_dir), freeze=True, unfreeze_last_n=n)
     expected = {"head.weight", "head.bias"}
     if n:
-        expected |= {name for name, _ in teacher.named_parameters()
-                     if any(name.startswith(f"backbone.layers.{i}.") for i in range(4 - n, 4))}
-        expected |= {"backbone.layernorm.weight", "backbone.layernorm.bias",
-                     "pre_head_norm.weight", "pre_head_norm.bias"}
+        expected |= {
+            name
+            for name, _ in teacher.named_parameters()
+            if any(name.startswith(f"backbone.layers.{i}.") for i in range(4 - n, 4))
+        }
+        expected |= {
+            "backbone.layernorm.weight",
+            "backbone.layernorm.bias",
+            "pre_head_norm.weight",
+            "pre_head_norm.bias",
+        }
     assert trainable(teacher) == expected
 
 
@@ -131,16 +146,22 @@ def test_unfrozen_teacher_trains_everything(ast_dir: Path) -> None:
     assert trainable(teacher) == {name for name, _ in teacher.named_parameters()}
 
 
-@pytest.mark.parametrize("kwargs", [dict(unfreeze_last_n=5), dict(unfreeze_last_n=-1),
-                                    dict(freeze=False, unfreeze_last_n=1)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(unfreeze_last_n=5), dict(unfreeze_last_n=-1), dict(freeze=False, unfreeze_last_n=1)]
+)
 def test_bad_unfreeze_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(UserError, match="unfreeze_last_n"):
         build_ast_tiny(5, **kwargs)
 
 
-def test_unknown_option_lists_the_valid_ones() -> None:
-    with pytest.raises(UserError, match=r"clip_secs.*valid: clip_seconds"):
-        build_ast_tiny(5, clip_secs=4.0)
+def test_unknown_option_lists_the_valid_ones(compose) -> None:
+    from core.registry import load_registry
+    from core.stages.teacher import TeacherPlan
+
+    with pytest.raises(UserError, match=r"clip_secs.*valid keys: clip_seconds"):
+        TeacherPlan.from_config(
+            compose("model.teacher.name=ast_tiny", "+model.teacher.options.clip_secs=4.0"), load_registry()
+        )
     with pytest.raises(UserError, match="clip_seconds"):
         build_ast_tiny(5, clip_seconds=-1)
 

@@ -4,8 +4,6 @@ weights coming in through the users' path: a state_dict downloaded from a loopba
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -13,12 +11,20 @@ from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassificati
 
 from core.run import run
 from plugins.teachers.ast import AST_TINY
+from tests.conftest import sqlite_store
 from tests.plugins.teachers.test_passt import tiny_state
 
-TINY_DATA = ("data.dataset=GMNotes", "data.classes=[bass,flute,keyboard]",
-             "data.options.GMNotes.notes_per_instrument=4", "data.options.GMNotes.velocities=[75,127]",
-             "model.student.width_mult=0.35", "train.epochs=1", "train.batch_size=16",
-             "model.teacher.epochs=3", "model.teacher.batch_size=16")
+TINY_DATA = (
+    "data.dataset=GMNotes",
+    "data.classes=[bass,flute,keyboard]",
+    "data.options.GMNotes.notes_per_instrument=4",
+    "data.options.GMNotes.velocities=[75,127]",
+    "model.student.width_mult=0.35",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "model.teacher.epochs=3",
+    "model.teacher.batch_size=16",
+)
 
 
 @pytest.fixture
@@ -26,10 +32,17 @@ def kd(compose, data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("AUDIOKD_CACHE", str(tmp_path / "cache"))
 
     def make(experiment: str, *overrides: str):
-        cfg = compose(f"experiment={experiment}", f"data.root={data_root}", f"train.out_dir={tmp_path / 'out'}",
-                      f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                      f"model.teacher.cache_dir={tmp_path / 'teachers'}", *TINY_DATA, *overrides)
+        cfg = compose(
+            f"experiment={experiment}",
+            f"data.root={data_root}",
+            f"train.out_dir={tmp_path / 'out'}",
+            f"tracking.uri={sqlite_store(tmp_path / 'mlflow.db')}",
+            f"model.teacher.cache_dir={tmp_path / 'teachers'}",
+            *TINY_DATA,
+            *overrides,
+        )
         return run(cfg, tmp_path / "out" / experiment), cfg
+
     return make
 
 

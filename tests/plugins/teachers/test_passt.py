@@ -20,8 +20,14 @@ from hear21passt.models.preprocess import AugmentMelSTFT
 
 from core.errors import UserError
 from plugins.teachers.common import cache_dir
-from plugins.teachers.passt import (PASST_BASE_URL, PASST_TINY, PasstMel, audiokd_teachers, build_passt_base,
-                                    build_passt_tiny)
+from plugins.teachers.passt import (
+    PASST_BASE_URL,
+    PASST_TINY,
+    PasstMel,
+    audiokd_teachers,
+    build_passt_base,
+    build_passt_tiny,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 SR = 16000
@@ -35,8 +41,14 @@ def waves(batch: int, samples: int = CLIP, seed: int = 0) -> torch.Tensor:
 def tiny_state(embed_dim: int = PASST_TINY["embed_dim"]) -> dict[str, torch.Tensor]:
     """A tiny distilled PaSST in the release layout: 10 s (998 frames, 99 time positions), 527 classes."""
     torch.manual_seed(1)
-    net = PaSST(img_size=(128, 998), stride=(10, 10), in_chans=1, num_classes=527, distilled=True,
-                **{**PASST_TINY, "embed_dim": embed_dim})
+    net = PaSST(
+        img_size=(128, 998),
+        stride=(10, 10),
+        in_chans=1,
+        num_classes=527,
+        distilled=True,
+        **{**PASST_TINY, "embed_dim": embed_dim},
+    )
     return net.state_dict()
 
 
@@ -158,9 +170,21 @@ def test_feature_dim_mismatch_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_front_end_matches_hear21passt_augment_mel_stft() -> None:
     # get_basic_model's settings; fmax=None with fmax_aug_range=2000 means 15 kHz
-    reference = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024, freqm=48,
-                               timem=192, htk=False, fmin=0.0, fmax=None, norm=1, fmin_aug_range=10,
-                               fmax_aug_range=2000).eval()
+    reference = AugmentMelSTFT(
+        n_mels=128,
+        sr=32000,
+        win_length=800,
+        hopsize=320,
+        n_fft=1024,
+        freqm=48,
+        timem=192,
+        htk=False,
+        fmin=0.0,
+        fmax=None,
+        norm=1,
+        fmin_aug_range=10,
+        fmax_aug_range=2000,
+    ).eval()
     batch = waves(2, 4 * 32000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its stft(return_complex=False) and cuda.amp deprecations
@@ -176,18 +200,25 @@ def test_freeze_trains_only_the_head_and_the_last_n_blocks(n: int) -> None:
     teacher = build_passt_tiny(5, unfreeze_last_n=n)
     expected = {"head.weight", "head.bias"}
     if n:
-        expected |= {name for name, _ in teacher.named_parameters()
-                     if name.startswith(("backbone.blocks.2.", "backbone.blocks.3."))}
-        expected |= {"backbone.norm.weight", "backbone.norm.bias",
-                     "pre_head_norm.weight", "pre_head_norm.bias"}
+        expected |= {
+            name
+            for name, _ in teacher.named_parameters()
+            if name.startswith(("backbone.blocks.2.", "backbone.blocks.3."))
+        }
+        expected |= {"backbone.norm.weight", "backbone.norm.bias", "pre_head_norm.weight", "pre_head_norm.bias"}
     assert {name for name, p in teacher.named_parameters() if p.requires_grad} == expected
     with pytest.raises(UserError, match=r"\[0, 4\]"):
         build_passt_tiny(5, unfreeze_last_n=5)
 
 
-def test_unknown_option_lists_the_valid_ones() -> None:
-    with pytest.raises(UserError, match=r"arch.*valid: clip_seconds"):
-        build_passt_tiny(5, arch="passt_l")
+def test_unknown_option_lists_the_valid_ones(compose) -> None:
+    from core.registry import load_registry
+    from core.stages.teacher import TeacherPlan
+
+    with pytest.raises(UserError, match=r"arch.*valid keys: clip_seconds"):
+        TeacherPlan.from_config(
+            compose("model.teacher.name=passt_tiny", "+model.teacher.options.arch=passt_l"), load_registry()
+        )
 
 
 def test_base_builds_at_random_through_get_model(capsys: pytest.CaptureFixture) -> None:
@@ -204,10 +235,12 @@ def test_hook_registers_both_names() -> None:
 
 
 def test_importing_the_plugins_opens_no_connection() -> None:
-    code = ("import socket\n"
-            "def refuse(*a, **k): raise SystemExit('network used at import')\n"
-            "socket.socket.connect = refuse\n"
-            "socket.getaddrinfo = refuse\n"
-            "import plugins.teachers.ast, plugins.teachers.passt\n")
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k): raise SystemExit('network used at import')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.getaddrinfo = refuse\n"
+        "import plugins.teachers.ast, plugins.teachers.passt\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,0 +1,161 @@
+"""Checks the schema's types cannot express: choices, ranges and combinations of keys.
+
+:func:`validate` runs on the composed config before anything else (no download, render or training
+happens first); each failure is one :class:`~core.errors.ConfigValueError` naming the key and what
+is valid.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from core.errors import ConfigValueError
+
+SPLITS = ("train", "valid", "test")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": ("train", "profile", "compare", "prune", "export", "pareto", "evaluate"),
+    "prune.importance": ("l1", "l2", "taylor"),
+    "prune.scope": ("uniform", "global"),
+    "train.optimizer": ("adamw", "adam", "sgd"),
+    "train.scheduler": ("cosine", "none"),
+    "train.amp_dtype": ("bf16", "fp16"),
+    "model.kd.mode": ("offline", "online"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the schema's types cannot express: choices and ranges."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}")
+    positive = [
+        "train.epochs",
+        "train.batch_size",
+        "train.lr",
+        "aug.sr",
+        "aug.n_fft",
+        "aug.hop",
+        "aug.n_mels",
+        "model.student.width_mult",
+        "data.max_total_size_mb",
+        "data.clip_seconds",
+    ]
+    for key in positive:
+        value = OmegaConf.select(cfg, key)
+        if value is None or value <= 0:
+            raise ConfigValueError(f"{key}={value!r} must be > 0")
+    if cfg.data.max_per_class is not None and cfg.data.max_per_class <= 0:
+        raise ConfigValueError(f"data.max_per_class={cfg.data.max_per_class} must be > 0 or null")
+    if cfg.task == "compare" and not cfg.compare.seeds:
+        raise ConfigValueError("compare.seeds is empty: give at least one seed, e.g. compare.seeds=[0,1,2]")
+    if cfg.task == "compare" and {"kd", "pruned_kd"} & set(cfg.compare.arms) and not cfg.model.teacher.name:
+        raise ConfigValueError("task=compare trains student-only and KD runs: set model.teacher.name")
+    _validate_prune(cfg)
+    _validate_evaluate(cfg)
+    t = cfg.model.teacher
+    if t.epochs < 0:
+        raise ConfigValueError(f"model.teacher.epochs={t.epochs} must be >= 0")
+    if t.lr <= 0:
+        raise ConfigValueError(f"model.teacher.lr={t.lr} must be > 0")
+    if t.batch_size < 2:
+        raise ConfigValueError(f"model.teacher.batch_size={t.batch_size} must be >= 2 (BatchNorm)")
+    if t.ensemble < 1:
+        raise ConfigValueError(f"model.teacher.ensemble={t.ensemble} must be >= 1")
+    if t.cross_fit and t.ensemble < 2:
+        raise ConfigValueError(
+            f"model.teacher.cross_fit=true needs model.teacher.ensemble >= 2 (one member "
+            f"per fold), got ensemble={t.ensemble}"
+        )
+    if t.cross_fit and cfg.model.kd.mode == "online":
+        raise ConfigValueError(
+            "model.teacher.cross_fit=true gives each training clip the logits of the member "
+            "that did not train on it, which is an offline table: use model.kd.mode=offline"
+        )
+    if cfg.model.kd.enabled and not t.name:
+        raise ConfigValueError(
+            "model.kd.enabled=true needs a teacher: set model.teacher.name "
+            "(python -m core.list shows the registered teachers)"
+        )
+    if not 0.0 <= cfg.model.kd.alpha <= 1.0:
+        raise ConfigValueError(f"model.kd.alpha={cfg.model.kd.alpha} must be within [0, 1]")
+    if cfg.model.kd.T <= 0:
+        raise ConfigValueError(f"model.kd.T={cfg.model.kd.T} must be > 0")
+    if not cfg.aug.fmin < cfg.aug.fmax <= cfg.aug.sr / 2:
+        raise ConfigValueError(
+            f"need aug.fmin < aug.fmax <= aug.sr/2, got fmin={cfg.aug.fmin}, fmax={cfg.aug.fmax}, sr={cfg.aug.sr}"
+        )
+    for name in ("noise", "gain", "rir", "codec"):
+        p = cfg.aug[name].p
+        if not 0.0 <= p <= 1.0:
+            raise ConfigValueError(f"aug.{name}.p={p} must be within [0, 1]")
+
+
+ARMS = ("student", "kd", "pruned", "pruned_kd")
+
+
+def _validate_prune(cfg: DictConfig) -> None:
+    p, e = cfg.prune, cfg.export
+    if not 0.0 < p.ratio < 1.0:
+        raise ConfigValueError(f"prune.ratio={p.ratio} must be within (0, 1): the fraction of channels removed")
+    if p.steps < 1:
+        raise ConfigValueError(f"prune.steps={p.steps} must be >= 1")
+    if p.round_to is not None and p.round_to < 1:
+        raise ConfigValueError(f"prune.round_to={p.round_to} must be >= 1 or null")
+    if p.epochs is not None and p.epochs < p.steps:
+        raise ConfigValueError(
+            f"prune.epochs={p.epochs} must be >= prune.steps={p.steps} (each prune round is "
+            f"followed by at least one fine-tune epoch)"
+        )
+    if p.recalibrate_bn < 0:
+        raise ConfigValueError(f"prune.recalibrate_bn={p.recalibrate_bn} must be >= 0 (0 = off)")
+    if p.calib_batches < 1:
+        raise ConfigValueError(f"prune.calib_batches={p.calib_batches} must be >= 1")
+    if cfg.task == "prune" and not p.source:
+        raise ConfigValueError(
+            "task=prune needs prune.source: a student checkpoint (.pt), its run folder "
+            "(outputs/<name>/<time>) or an MLflow run id"
+        )
+    if cfg.task == "prune" and p.epochs is None and cfg.train.epochs < p.steps:
+        raise ConfigValueError(f"train.epochs={cfg.train.epochs} must be >= prune.steps={p.steps}")
+    for arm in cfg.compare.arms:
+        if arm not in ARMS:
+            raise ConfigValueError(f"compare.arms: unknown arm {arm!r}; choose from: {', '.join(ARMS)}")
+    if "pruned_kd" in cfg.compare.arms and "kd" not in cfg.compare.arms:
+        raise ConfigValueError("compare.arms: pruned_kd prunes the kd arm's student: add kd to compare.arms")
+    if "pruned" in cfg.compare.arms and "student" not in cfg.compare.arms:
+        raise ConfigValueError("compare.arms: pruned prunes the student arm's student: add student to compare.arms")
+    if cfg.task == "export" and not e.sources:
+        raise ConfigValueError(
+            "task=export needs export.sources: student checkpoints (.pt), run folders or "
+            "MLflow run ids, e.g. export.sources=[outputs/demo/<time>/kd-seed0]"
+        )
+    for key in ("parity_clips", "latency_runs", "latency_threads", "opset"):
+        if e[key] < 1:
+            raise ConfigValueError(f"export.{key}={e[key]} must be >= 1")
+    if e.latency_warmup < 0 or e.tolerance <= 0:
+        raise ConfigValueError("export.latency_warmup must be >= 0 and export.tolerance > 0")
+    for w in cfg.pareto.widths:
+        if w <= 0:
+            raise ConfigValueError(f"pareto.widths: {w} must be > 0")
+    for r in cfg.pareto.ratios:
+        if not 0.0 < r < 1.0:
+            raise ConfigValueError(f"pareto.ratios: {r} must be within (0, 1)")
+    if cfg.task in ("pareto",) and not cfg.model.teacher.name and any(cfg.pareto.kd):
+        raise ConfigValueError("pareto.kd includes true: set model.teacher.name")
+
+
+def _validate_evaluate(cfg: DictConfig) -> None:
+    ev = cfg.evaluate
+    unknown = [s for s in ev.splits if s not in SPLITS]
+    if not ev.splits or unknown:
+        raise ConfigValueError(f"evaluate.splits={list(ev.splits)}: give one or more of {', '.join(SPLITS)}")
+    if cfg.task == "evaluate" and not ev.source:
+        raise ConfigValueError(
+            "task=evaluate needs evaluate.source: a student checkpoint (.pt), its run folder "
+            "(outputs/<name>/<time>) or an MLflow run id"
+        )
+
+
+__all__ = ["ARMS", "CHOICES", "SPLITS", "validate"]

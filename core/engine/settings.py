@@ -1,0 +1,56 @@
+"""What the training loop reads, taken from the ``train`` config group once, at set-up.
+
+The loop functions and the :class:`~core.engine.trainer.Trainer` take a :class:`TrainSettings`, never
+the config: a stage that trains with other values (the teacher stage's own epochs, batch size and
+learning rate) makes its own settings with :meth:`TrainSettings.from_config` overrides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int  # unset in the config: 2 x batch_size
+    lr: float
+    weight_decay: float
+    optimizer: str  # adamw | adam | sgd
+    scheduler: str  # cosine | none
+    amp: bool  # bf16/fp16 autocast, on CUDA only
+    amp_dtype: str  # bf16 | fp16
+    channels_last: bool
+    grad_clip: float | None
+    num_workers: int
+    seed: int
+    max_steps_per_epoch: int | None
+
+    @classmethod
+    def from_config(cls, train: Any, **changes: Any) -> TrainSettings:
+        """From the ``train`` config group; ``changes`` replace single values (before the eval batch
+        size is derived from the batch size)."""
+        values = {
+            "epochs": int(train.epochs),
+            "batch_size": int(train.batch_size),
+            "lr": float(train.lr),
+            "weight_decay": float(train.weight_decay),
+            "optimizer": str(train.optimizer),
+            "scheduler": str(train.scheduler),
+            "amp": bool(train.amp),
+            "amp_dtype": str(train.amp_dtype),
+            "channels_last": bool(train.channels_last),
+            "grad_clip": float(train.grad_clip) if train.grad_clip else None,
+            "num_workers": int(train.num_workers),
+            "seed": int(train.seed),
+            "max_steps_per_epoch": int(train.max_steps_per_epoch) if train.max_steps_per_epoch else None,
+            **changes,
+        }
+        values["eval_batch_size"] = int(train.eval_batch_size or 2 * values["batch_size"])
+        return cls(**values)
+
+
+__all__ = ["TrainSettings"]

@@ -1,0 +1,189 @@
+"""What the teacher stage does and what identifies its result, decided once from the config.
+
+A trained teacher is stored under ``<cache root>/<name>-<key>/`` where ``key`` hashes everything
+that determines it (:meth:`TeacherPlan.spec`): the teacher, its weights, its resolved options, the
+stage's training settings, the classes and the exact clip sets. Every later run, seed and sweep
+with the same spec reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from core.data import DataBundle
+from core.engine.settings import TrainSettings
+from core.registry import Registry
+from core.registry.contracts import Teacher
+from core.tracking import resolve_uri
+
+#: bump when the stage's training changes in a way that invalidates stored teachers
+STAGE_VERSION = 1
+
+
+@attrs.frozen
+class TeacherPlan:
+    """The teacher stage's settings (``model.teacher.*`` and what it takes from the rest).
+
+    Attributes:
+        options: ``model.teacher.options`` checked against the teacher's declared options, defaults
+            filled in (``clip_seconds`` apart: the core passes it, default ``data.clip_seconds``).
+        settings: the fine-tuning loop's settings (the stage's epochs, learning rate and batch size;
+            the run's other ``train.*`` values).
+        pass_batch_size: batch size of the logits and embedding passes.
+    """
+
+    name: str
+    checkpoint: str | None
+    freeze: bool
+    unfreeze_last_n: int
+    options: dict[str, Any]
+    clip_seconds: float
+    sample_rate: int
+    epochs: int
+    lr: float
+    batch_size: int
+    ensemble: int
+    seed: int
+    cross_fit: bool
+    weight_decay: float
+    settings: TrainSettings
+    pass_batch_size: int
+    cache_root: Path
+    profilers: list[str]
+    tracking_uri: str
+    experiment: str
+    dataset: str
+    log_checkpoints: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any, registry: Registry) -> TeacherPlan:
+        t = cfg.model.teacher
+        given = dict(t.options or {})
+        clip_seconds = float(given.pop("clip_seconds", cfg.data.clip_seconds))
+        root = (
+            Path(t.cache_dir).expanduser().resolve()
+            if t.cache_dir
+            else Path(cfg.data.root).expanduser().resolve() / ".cache" / "teachers"
+        )
+        return cls(
+            name=t.name,
+            checkpoint=t.checkpoint,
+            freeze=bool(t.freeze),
+            unfreeze_last_n=int(t.unfreeze_last_n),
+            options=registry.options(
+                "teacher", t.name, given, "model.teacher.options", core_keys={"clip_seconds": cfg.data.clip_seconds}
+            ),
+            clip_seconds=clip_seconds,
+            sample_rate=int(cfg.aug.sr),
+            epochs=int(t.epochs),
+            lr=float(t.lr),
+            batch_size=int(t.batch_size),
+            ensemble=int(t.ensemble),
+            seed=int(t.seed),
+            cross_fit=bool(t.cross_fit),
+            weight_decay=float(cfg.train.weight_decay),
+            settings=TrainSettings.from_config(
+                cfg.train, batch_size=int(t.batch_size), lr=float(t.lr), epochs=int(t.epochs)
+            ),
+            pass_batch_size=int(cfg.train.eval_batch_size or 64),
+            cache_root=root,
+            profilers=list(cfg.profilers),
+            tracking_uri=resolve_uri(cfg.tracking.uri),
+            experiment=cfg.tracking.experiment,
+            dataset=cfg.data.dataset,
+            log_checkpoints=bool(cfg.tracking.log_checkpoints),
+        )
+
+    def build_member(self, registry: Registry, num_classes: int) -> Teacher:
+        """One fresh member (its pretrained weights loaded, its head new)."""
+        return registry.build(
+            "teacher",
+            self.name,
+            options=self.options,
+            where="model.teacher.options",
+            num_classes=num_classes,
+            checkpoint=self.checkpoint,
+            freeze=self.freeze,
+            unfreeze_last_n=self.unfreeze_last_n,
+            sample_rate=self.sample_rate,
+            clip_seconds=self.clip_seconds,
+        )
+
+    def spec(self, data: DataBundle) -> dict[str, Any]:
+        """Everything the trained teacher depends on (hashed into its cache key)."""
+        return {
+            "version": STAGE_VERSION,
+            "name": self.name,
+            "checkpoint": checkpoint_identity(self.checkpoint),
+            "freeze": self.freeze,
+            "unfreeze_last_n": self.unfreeze_last_n,
+            "options": {**self.options, "clip_seconds": self.clip_seconds},
+            "sample_rate": self.sample_rate,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "ensemble": self.ensemble,
+            "seed": self.seed,
+            "cross_fit": self.cross_fit,
+            "class_names": list(data.class_names),
+            "clips": {split: Path(w.npy_path).name for split, w in data.splits.items()},
+        }
+
+
+def checkpoint_identity(checkpoint: str | None) -> str:
+    """What ``model.teacher.checkpoint`` refers to: a local file or folder by path, size and
+    modification time (a replaced file changes it), anything else (hub id, URL) by its text."""
+    if checkpoint is None:
+        return "default"
+    p = Path(str(checkpoint)).expanduser()
+    if p.exists():
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+        stats = [
+            (str(f.relative_to(p) if p.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns) for f in files
+        ]
+        return f"{p.resolve()}|{stats}"
+    return str(checkpoint)
+
+
+def digest(obj: Any) -> str:
+    """A short hash of JSON-able data (the spec's cache key)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def structure_hash(module: nn.Module) -> str:
+    """The module tree with each layer's settings (``extra_repr``), as a hash: front-end
+    parameters that are plain attributes, not tensors, are part of it."""
+    return hashlib.sha256(repr(module).encode()).hexdigest()[:16]
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def weights_digest(module: nn.Module) -> str:
+    """Hash of every tensor in ``module.state_dict()`` (names, shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}\n".encode())
+        h.update(tensor_bytes(t))
+    return h.hexdigest()[:24]
+
+
+__all__ = [
+    "STAGE_VERSION",
+    "TeacherPlan",
+    "checkpoint_identity",
+    "digest",
+    "structure_hash",
+    "tensor_bytes",
+    "weights_digest",
+]

@@ -1,0 +1,234 @@
+"""Student-only vs KD (vs pruned), same data, epochs and seeds: the comparisons of Steps 2 and 3.
+
+``task=compare`` trains, for each seed in ``compare.seeds``, one run per arm of ``compare.arms``:
+``student`` (CE), ``kd`` (``model.kd.enabled`` forced on, everything else identical), and the
+pruned arms, which take that seed's ``kd`` (``pruned_kd``) or ``student`` (``pruned``) best
+checkpoint, prune it with ``prune.*`` and fine-tune it for ``prune.epochs`` with KD or CE
+(``task=prune``); the teacher stage has made (or found) the teacher first. It prints and logs one
+table: mean +- std over seeds of val/test accuracy and macro-F1 per arm, with params and MACs, and
+the teacher's own scores; plus a bar plot. The runs are children of one parent MLflow run (tag
+``mlflow.parentRunId``), so the UI groups them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from core.config import merged
+from core.data import prepare_data
+from core.engine.state import TrainState
+from core.registry import Registry
+from core.stages.export import export_and_time, parity_clips, student_row, teacher_row, write_report
+from core.stages.teacher import prepare_teacher
+from core.tasks.train import run_train
+from core.tracking import Tracker, parent_run
+
+METRICS = (
+    ("best_val_acc", "val acc"),
+    ("best_val_f1", "val macro-F1"),
+    ("test_acc", "test acc"),
+    ("test_f1", "test macro-F1"),
+)
+ARMS = (("student", False), ("kd", True), ("pruned", False), ("pruned_kd", True))
+#: pruned arm -> the arm whose best checkpoint it prunes
+PRUNE_FROM = {"pruned": "student", "pruned_kd": "kd"}
+NAMES = {
+    "student": "student only",
+    "kd": "student + KD",
+    "pruned": "pruned, CE fine-tune",
+    "pruned_kd": "pruned, KD fine-tune",
+}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per arm: mean and std of every metric over its runs, and the run count."""
+    out: dict[str, dict[str, Any]] = {}
+    for arm, _ in ARMS:
+        mine = [r for r in runs if r["arm"] == arm]
+        if not mine:
+            continue
+        row: dict[str, Any] = {"n": len(mine), "params": mine[0]["params"], "macs": mine[0]["macs"]}
+        for key, _ in METRICS:
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in mine])
+        out[arm] = row
+    return out
+
+
+def format_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | None) -> str:
+    """Markdown table: one row per arm (mean +- std over seeds) and the teacher's own scores."""
+    head = ["", "runs", *(title for _, title in METRICS), "params", "MACs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for arm, row in summary.items():
+        cells = [NAMES[arm], str(row["n"])]
+        cells += [
+            f"{row[f'{k}_mean']:.3f} ± {row[f'{k}_std']:.3f}" if row["n"] > 1 else f"{row[f'{k}_mean']:.3f}"
+            for k, _ in METRICS
+        ]
+        cells += [f"{row['params'] / 1e6:.3f} M", f"{row['macs'] / 1e6:.1f} M"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if teacher:
+        cells = [
+            f"teacher {teacher['name']}",
+            "1",
+            f"{teacher['teacher_val_acc']:.3f}",
+            f"{teacher['teacher_val_f1']:.3f}",
+            f"{teacher['teacher_test_acc']:.3f}",
+            f"{teacher['teacher_test_f1']:.3f}",
+            f"{teacher['params'] / 1e6:.3f} M",
+            f"{teacher['macs'] / 1e6:.1f} M" if teacher.get("macs") else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | None, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / (len(summary) + (1 if teacher else 0))
+    xs = range(len(METRICS))
+    for i, (arm, row) in enumerate(summary.items()):
+        ax.bar(
+            [x + i * width for x in xs],
+            [row[f"{k}_mean"] for k, _ in METRICS],
+            width,
+            yerr=[row[f"{k}_std"] for k, _ in METRICS],
+            capsize=3,
+            label=f"{arm} (n={row['n']})",
+        )
+    if teacher:
+        keys = ("teacher_val_acc", "teacher_val_f1", "teacher_test_acc", "teacher_test_f1")
+        ax.bar([x + len(summary) * width for x in xs], [teacher[k] for k in keys], width, label="teacher", color="0.6")
+    ax.set_xticks([x + width * (len(summary) - (0 if teacher else 1)) / 2 for x in xs])
+    ax.set_xticklabels([title for _, title in METRICS])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (mean ± std over seeds)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str, Any]:
+    """Train every (seed, arm) pair, then report. Returns ``{"runs", "summary", "teacher"}``."""
+    runs: list[dict[str, Any]] = []
+    teacher: dict[str, Any] | None = None
+    arms = [(arm, kd) for arm, kd in ARMS if arm in cfg.compare.arms]
+    with parent_run(cfg, "compare", {"teacher": cfg.model.teacher.name}, run_dir) as parent:
+        for seed in cfg.compare.seeds:
+            for arm, kd in arms:
+                child = {
+                    "task": "train",
+                    "train": {"seed": int(seed)},
+                    "model": {"kd": {"enabled": kd}},
+                    "tracking": {"run_name": f"{cfg.name}-{arm}-seed{seed}"},
+                }
+                if arm in PRUNE_FROM:
+                    source = run_dir / f"{PRUNE_FROM[arm]}-seed{seed}" / "checkpoints" / "best.pt"
+                    child.update(task="prune", prune={"source": str(source)})
+                print(f"\n=== {arm}, seed {seed} ===", flush=True)
+                result = run_train(
+                    merged(cfg, child), registry, run_dir / f"{arm}-seed{seed}", parent_run_id=parent.run_id
+                )
+                m = result.metrics
+                runs.append(
+                    {
+                        "arm": arm,
+                        "seed": int(seed),
+                        "run_id": result.run_id,
+                        "run_dir": str(result.run_dir),
+                        **{k: m[k] for k, _ in METRICS},
+                        "params": m["student_params"],
+                        "macs": m.get(f"student_macs_{cfg.profilers[0]}", 0) if cfg.profilers else 0,
+                        **{k: v for k, v in m.items() if k.startswith(("before_prune_", "after_prune_"))},
+                    }
+                )
+                if kd and teacher is None:
+                    macs_key = f"teacher_macs_{cfg.profilers[0]}" if cfg.profilers else ""
+                    teacher = {
+                        "name": cfg.model.teacher.name,
+                        "params": m["teacher_params"],
+                        "macs": m.get(macs_key),
+                        **{
+                            k: m[k]
+                            for k in ("teacher_val_acc", "teacher_val_f1", "teacher_test_acc", "teacher_test_f1")
+                        },
+                    }
+        summary = summarize(runs)
+        table = format_table(summary, teacher)
+        print("\n" + table, flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "compare.md").write_text(
+            table
+            + "\n\nmean ± std over seeds "
+            + ", ".join(map(str, cfg.compare.seeds))
+            + "; val = best epoch by val macro-F1, test = that checkpoint. Decision rule: argmax over classes "
+            "(multiclass, no threshold).\n"
+        )
+        (run_dir / "compare.json").write_text(
+            json.dumps({"runs": runs, "summary": summary, "teacher": teacher}, indent=2)
+        )
+        plot(summary, teacher, run_dir / "compare.png")
+        for name in ("compare.md", "compare.json", "compare.png"):
+            parent.log_artifact(run_dir / name, "compare")
+        parent.log_metrics(
+            {f"{arm}_{k}": v for arm, row in summary.items() for k, v in row.items() if k.endswith(("_mean", "_std"))},
+            step=0,
+        )
+        if cfg.export.enabled and set(PRUNE_FROM) & set(cfg.compare.arms):
+            summary_table = deployment_summary(cfg, registry, runs, run_dir, parent)
+            print("\n" + summary_table, flush=True)
+    return {"runs": runs, "summary": summary, "teacher": teacher}
+
+
+def deployment_summary(
+    cfg: DictConfig, registry: Registry, runs: list[dict[str, Any]], run_dir: Path, tracker: Tracker
+) -> str:
+    """The first seed's models side by side (teacher, student, KD student, pruned students):
+    params, MACs, per-clip latency in PyTorch and onnxruntime (each exported and checked against
+    PyTorch on real test clips), test accuracy and macro-F1. Logged to the parent run."""
+    data = prepare_data(cfg, registry, prepare=True, progress=False)
+    test = data.splits["test"]
+    seed = cfg.compare.seeds[0]
+    models: dict[str, dict[str, Any]] = {}
+    if cfg.model.teacher.name:
+        teacher = prepare_teacher(
+            merged(cfg, {"model": {"kd": {"enabled": True}}}),
+            registry,
+            data,
+            torch.device("cpu"),
+            log_fn=lambda _: None,
+        )
+        models[f"teacher ({cfg.model.teacher.name} x{cfg.model.teacher.ensemble})"] = teacher_row(
+            list(cfg.profilers), teacher
+        )
+    for r in runs:
+        if r["seed"] != seed:
+            continue
+        state = TrainState.load(Path(r["run_dir"]) / "checkpoints" / "best.pt")
+        row = student_row(list(cfg.profilers), registry, state, test.clip_samples)
+        row.update(test_acc=r["test_acc"], test_f1=r["test_f1"])
+        models[NAMES[r["arm"]]] = row
+    print(f"\n=== export and latency (seed {seed}) ===", flush=True)
+    rows = export_and_time(
+        cfg.export, registry, models, parity_clips(cfg.export.parity_clips, data), run_dir / "export"
+    )
+    return write_report(rows, cfg.export, run_dir, tracker, title="summary")
+
+
+__all__ = ["format_table", "mean_std", "run_compare", "summarize"]

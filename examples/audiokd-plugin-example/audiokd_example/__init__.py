@@ -1,0 +1,1 @@
+"""An example audiokd plugin package (see ``plugins.py``)."""

@@ -1,0 +1,85 @@
+"""The loop's pieces on tiny inputs: an epoch's batches, the learning-rate schedule, the settings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from core.engine.distributed import Dist
+from core.engine.loop import epoch_batches
+from core.engine.optim import build_optimizer, build_scheduler, lr_factor
+from core.engine.settings import TrainSettings
+from tests.conftest import CONFIGS
+
+TRAIN = OmegaConf.load(CONFIGS / "train.yaml")
+
+
+def settings(**changes) -> TrainSettings:
+    return TrainSettings.from_config(TRAIN, **changes)
+
+
+def test_an_epochs_batches_are_a_pure_function_of_seed_and_epoch():
+    a = epoch_batches(103, 16, seed=3, epoch=5)
+    assert a == epoch_batches(103, 16, seed=3, epoch=5)  # what a resumed run sees again
+    assert a != epoch_batches(103, 16, seed=3, epoch=6) and a != epoch_batches(103, 16, seed=4, epoch=5)
+    flat = [i for b in a for i in b]
+    assert sorted(flat) == list(range(103)) and [len(b) for b in a] == [16] * 6 + [7]
+
+
+def test_a_last_batch_of_one_is_dropped_and_max_steps_cuts():
+    batches = epoch_batches(33, 16, seed=0, epoch=0)
+    assert [len(b) for b in batches] == [16, 16]  # BatchNorm cannot train on one clip
+    assert len(epoch_batches(100, 16, seed=0, epoch=0, max_steps=2)) == 2
+
+
+def test_ddp_ranks_get_equal_disjoint_shards():
+    shards = [epoch_batches(51, 5, seed=1, epoch=2, d=Dist(rank=r, world=2)) for r in (0, 1)]
+    flat = [{i for b in s for i in b} for s in shards]
+    assert not flat[0] & flat[1] and len(flat[0]) == len(flat[1]) == 25  # the odd clip out: equal shards
+    assert [len(s) for s in shards] == [5, 5]
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    total = 200
+    warmup = int(0.05 * total)
+    factors = [lr_factor(step, total, "cosine") for step in range(total + 1)]
+    assert factors[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    assert factors[warmup] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1 :]))  # monotone decay
+    mid = warmup + (total - warmup) // 2
+    assert factors[mid] == pytest.approx(0.5 * (1 + math.cos(math.pi * (mid - warmup) / (total - warmup))))
+    assert {lr_factor(s, total, "none") for s in range(total)} == {1.0}
+
+
+def test_a_restored_schedule_continues_where_it_stopped():
+    s = settings(lr=0.1)
+    net = torch.nn.Linear(2, 2)
+    opt = build_optimizer(s, net.parameters())
+    sched = build_scheduler(s, opt, total_steps=40)
+    for _ in range(13):
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    opt2 = build_optimizer(s, net.parameters())
+    sched2 = build_scheduler(s, opt2, total_steps=40)
+    sched2.load_state_dict(state)
+    assert sched2.get_last_lr() == sched.get_last_lr() == [pytest.approx(0.1 * lr_factor(13, 40, "cosine"))]
+
+
+@pytest.mark.parametrize(
+    "name, cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)]
+)
+def test_each_optimizer_gets_the_settings(name, cls):
+    opt = build_optimizer(settings(optimizer=name, lr=0.02), torch.nn.Linear(2, 2).parameters())
+    assert type(opt) is cls and opt.param_groups[0]["lr"] == 0.02
+
+
+def test_settings_read_the_config_once_and_derive_the_eval_batch_size():
+    s = settings()
+    assert (s.epochs, s.batch_size, s.eval_batch_size, s.grad_clip, s.max_steps_per_epoch) == (10, 32, 64, None, None)
+    teacher = settings(batch_size=16, lr=1e-3, epochs=6)  # the teacher stage's own values
+    assert (teacher.batch_size, teacher.eval_batch_size, teacher.lr, teacher.epochs) == (16, 32, 1e-3, 6)
+    assert TrainSettings.from_config(OmegaConf.merge(TRAIN, {"eval_batch_size": 7})).eval_batch_size == 7

@@ -1,0 +1,98 @@
+"""task=compare (student-only vs KD over seeds) and task=profile (params/MACs report)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from core.config import ConfigValueError
+from core.run import run
+from core.tasks.compare import format_table, summarize
+from tests.conftest import sqlite_store
+
+CNN_TEACHER = (
+    "model.teacher.name=mobilenet_v3_small",
+    "model.teacher.freeze=false",
+    "model.teacher.epochs=1",
+    "+model.teacher.options.width_mult=0.35",
+)
+
+
+def test_compare_trains_both_arms_per_seed_and_reports_mean_and_std(tiny, tmp_path):
+    cfg = tiny("task=compare", "compare.seeds=[0,1]", "train.epochs=1", *CNN_TEACHER)
+    out = run(cfg, tmp_path / "outputs" / "cmp")
+    runs = out["runs"]
+    assert [(r["arm"], r["seed"]) for r in runs] == [("student", 0), ("kd", 0), ("student", 1), ("kd", 1)]
+    client = MlflowClient(cfg.tracking.uri)
+    children = [client.get_run(r["run_id"]) for r in runs]
+    parents = {c.data.tags["mlflow.parentRunId"] for c in children}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.data.tags["stage"] == "compare" and parent.info.status == "FINISHED"
+    assert [c.data.params["model.kd.enabled"] for c in children] == ["False", "True", "False", "True"]
+    assert [c.data.params["train.seed"] for c in children] == ["0", "0", "1", "1"]
+    # the parent's summary is the mean/std of the children's own metrics
+    kd_test = [c.data.metrics["test_acc"] for c in children[1::2]]
+    assert parent.data.metrics["kd_test_acc_mean"] == pytest.approx(statistics.fmean(kd_test))
+    assert parent.data.metrics["kd_test_acc_std"] == pytest.approx(statistics.stdev(kd_test))
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert arts == {"compare/compare.md", "compare/compare.json", "compare/compare.png"}
+    md = (tmp_path / "outputs" / "cmp" / "compare.md").read_text()
+    assert "| student only | 2 |" in md and "| student + KD | 2 |" in md and "teacher mobilenet_v3_small" in md
+    assert "argmax" in md
+    saved = json.loads((tmp_path / "outputs" / "cmp" / "compare.json").read_text())
+    assert saved["teacher"]["teacher_val_acc"] == pytest.approx(children[1].data.metrics["teacher_val_acc"])
+
+
+def test_summary_table_numbers():
+    runs = [
+        {
+            "arm": "student",
+            "best_val_acc": a,
+            "best_val_f1": a,
+            "test_acc": a,
+            "test_f1": a,
+            "params": 1_000_000,
+            "macs": 40_000_000,
+        }
+        for a in (0.4, 0.6)
+    ]
+    s = summarize(runs)
+    assert s["student"]["test_acc_mean"] == pytest.approx(0.5)
+    assert s["student"]["test_acc_std"] == pytest.approx(statistics.stdev([0.4, 0.6]))
+    assert "0.500 ± 0.141" in format_table(s, None) and "1.000 M" in format_table(s, None)
+    one = summarize(runs[:1])
+    assert "| 0.400 |" in format_table(one, None) and "±" not in format_table(one, None)  # no std of one run
+
+
+def test_profile_reports_student_and_teacher_without_data(compose, tmp_path):
+    cfg = compose(
+        "experiment=profile_macs",
+        f"data.root={tmp_path / 'no-data'}",
+        f"tracking.uri={sqlite_store(tmp_path / 'mlflow.db')}",
+        "model.student.width_mult=0.75",
+        "model.teacher.name=ast_tiny",
+    )
+    rows = run(cfg, tmp_path / "profile")
+    student, teacher = rows
+    assert student["input_shape"] == [1, 1, 128, 401] and teacher["input_shape"] == [1, 64000]
+    # MobileNetV3-Small x0.75 for 11 classes: counted here before (thop 41.6 M, flop_counter 36.5 M)
+    assert student["macs_thop"] == pytest.approx(41.6e6, rel=0.01)
+    assert student["macs_flop_counter"] == pytest.approx(36.5e6, rel=0.01)
+    assert abs(teacher["diff_pct"]) <= 15 and student["within_tolerance"]
+    assert not (tmp_path / "no-data").exists()  # nothing downloaded or rendered
+    saved = json.loads((tmp_path / "profile" / "macs.json").read_text())
+    assert saved == rows
+    r = MlflowClient(cfg.tracking.uri).search_runs(
+        [MlflowClient(cfg.tracking.uri).get_experiment_by_name("NSynth-Profile").experiment_id]
+    )[0]
+    assert r.data.metrics["student_macs_thop"] == student["macs_thop"]
+    assert r.data.metrics["teacher_params"] == teacher["params"]
+
+
+def test_compare_needs_a_teacher(tiny, tmp_path):
+    with pytest.raises(ConfigValueError, match="model.teacher.name"):
+        run(tiny("task=compare"), tmp_path / "x")
