@@ -66,11 +66,11 @@ def to_channels_last(module: nn.Module) -> None:
     module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
 
 
-def build_model(cfg: Any, registry: Registry, num_classes: int) -> AudioClassifier:
-    """The student of the config (``model.student.*``, ``aug.*``, ``train.channels_last``) for
-    ``num_classes`` classes, with fresh weights."""
+def student_network(cfg: Any, registry: Registry, num_classes: int) -> nn.Module:
+    """The student plugin's network of the config (``model.student.*``) for ``num_classes``
+    classes, with fresh weights: log-mel in, logits out."""
     s = cfg.model.student
-    net = registry.build(
+    return registry.build(
         "student",
         s.arch,
         options=s.options,
@@ -79,9 +79,14 @@ def build_model(cfg: Any, registry: Registry, num_classes: int) -> AudioClassifi
         width_mult=s.width_mult,
         bn_momentum=s.bn_momentum,
     )
+
+
+def build_model(cfg: Any, registry: Registry, num_classes: int) -> AudioClassifier:
+    """The student of the config (``model.student.*``, ``aug.*``, ``train.channels_last``) for
+    ``num_classes`` classes, with fresh weights."""
     model = AudioClassifier(
         LogMelFrontend.from_config(cfg.aug),
-        net,
+        student_network(cfg, registry, num_classes),
         WaveAugment.from_config(cfg.aug),
         channels_last=cfg.train.channels_last,
     )
@@ -145,5 +150,6 @@ __all__ = [
     "model_inputs",
     "network_input",
     "normalisation_batches",
+    "student_network",
     "to_channels_last",
 ]

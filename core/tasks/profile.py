@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from core.audio.frontend import LogMelFrontend
 from core.config import as_dict
 from core.data import build_dataset
+from core.engine.model import student_network
 from core.registry import Registry
 from core.registry.contracts import RANDOM_INIT
 from core.stages.profile import format_table, profile_model, write_report
@@ -31,15 +32,7 @@ def run_profile(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict
     table, write the report into ``run_dir`` and log it to MLflow. Returns the rows."""
     num_classes = len(build_dataset(cfg, registry).class_names)  # no download: only the class list
     s = cfg.model.student
-    student = registry.build(
-        "student",
-        s.arch,
-        options=s.options,
-        where="model.student.options",
-        num_classes=num_classes,
-        width_mult=s.width_mult,
-        bn_momentum=s.bn_momentum,
-    )
+    student = student_network(cfg, registry, num_classes)
     clip_samples = round(cfg.data.clip_seconds * cfg.aug.sr)
     frames = LogMelFrontend.from_config(cfg.aug).num_frames(clip_samples)
     rows = [
