@@ -207,9 +207,9 @@ def test_cross_fitted_teacher_gives_each_clip_the_logits_of_a_member_that_never_
     trained_on = []
     real_finetune = core.stages.teacher.fit.finetune
 
-    def spy(cfg, member, data, keep, *args):
+    def spy(fitting, member, keep, m):
         trained_on.append(set(keep.tolist()))
-        return real_finetune(cfg, member, data, keep, *args)
+        return real_finetune(fitting, member, keep, m)
 
     monkeypatch.setattr(core.stages.teacher.fit, "finetune", spy)
     cfg = tiny(*CNN_TEACHER, "model.teacher.cross_fit=true")

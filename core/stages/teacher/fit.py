@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,20 @@ class TeacherError(UserError, RuntimeError):
     """The teacher cannot teach: untrained head, wrong classes, unusable settings."""
 
 
+@attrs.frozen
+class Fitting:
+    """What fitting any member needs: the plan, the data, the device, where the stage caches (the
+    teacher's folder), the spec it is keyed by, the teacher run's tracker and where lines go."""
+
+    plan: TeacherPlan
+    data: DataBundle
+    device: torch.device
+    folder: Path
+    spec: dict[str, Any]
+    tracker: Tracker
+    log_fn: Callable[[str], None]
+
+
 def train_and_store(
     plan: TeacherPlan,
     registry: Registry,
@@ -83,7 +98,7 @@ def train_and_store(
             if plan.epochs > 0:
                 fit = fit_head_on_embeddings if head_only(member) else finetune
                 keep = np.flatnonzero(folds != m) if plan.cross_fit else np.arange(len(folds))
-                fit(plan, member, data, keep, device, folder, spec, m, tracker, log_fn)
+                fit(Fitting(plan, data, device, folder, spec, tracker, log_fn), member, keep, m)
                 member.head_trained.fill_(True)
         ensemble.to(device).eval()
         scores = scores_from_logits(
@@ -145,20 +160,10 @@ def head_only(member: Teacher) -> bool:
     return member.head_only()
 
 
-def finetune(
-    plan: TeacherPlan,
-    member: Teacher,
-    data: DataBundle,
-    keep: np.ndarray,
-    device: torch.device,
-    folder: Path,
-    spec: dict[str, Any],
-    m: int,
-    tracker: Tracker,
-    log_fn: Callable[[str], None],
-) -> None:
+def finetune(fitting: Fitting, member: Teacher, keep: np.ndarray, m: int) -> None:
     """Train member ``m``'s trainable parameters with the engine's loop (CE, the stage's settings) on
     the training clips ``keep``, keeping the epoch with the best validation macro-F1."""
+    plan, data, device, tracker = fitting.plan, fitting.data, fitting.device, fitting.tracker
     params = [p for p in member.parameters() if p.requires_grad]
     if not params:
         raise TeacherError(f"teacher {plan.name}: nothing to train (every parameter is frozen)")
@@ -190,7 +195,7 @@ def finetune(
             },
             step=epoch + 1,
         )
-        log_fn(
+        fitting.log_fn(
             f"teacher {plan.name} member {m + 1}/{plan.ensemble} epoch {epoch + 1}/{s.epochs}  "
             f"loss {metrics['train_loss']:.4f}  train_acc {metrics['train_acc']:.3f}  val_acc {val.acc:.3f}  "
             f"val_f1 {val.f1:.3f}  ({time.perf_counter() - t0:.1f} s)"
@@ -199,23 +204,13 @@ def finetune(
     member.load_state_dict(best_state)
 
 
-def fit_head_on_embeddings(
-    plan: TeacherPlan,
-    member: Teacher,
-    data: DataBundle,
-    keep: np.ndarray,
-    device: torch.device,
-    folder: Path,
-    spec: dict[str, Any],
-    m: int,
-    tracker: Tracker,
-    log_fn: Callable[[str], None],
-) -> None:
+def fit_head_on_embeddings(fitting: Fitting, member: Teacher, keep: np.ndarray, m: int) -> None:
     """Frozen backbone: embed every clip once (cached), then fit only ``head`` on the embeddings."""
+    plan, data, device, tracker = fitting.plan, fitting.data, fitting.device, fitting.tracker
     # The embeddings depend on the backbone and its input only, not on how the head is trained.
-    backbone = {k: v for k, v in spec.items() if k not in ("epochs", "lr", "batch_size", "ensemble", "seed")}
+    backbone = {k: v for k, v in fitting.spec.items() if k not in ("epochs", "lr", "batch_size", "ensemble", "seed")}
     emb = {
-        split: embeddings(member, data.splits[split], device, folder.parent, digest(backbone))
+        split: embeddings(member, data.splits[split], device, fitting.folder.parent, digest(backbone))
         for split in ("train", "valid")
     }
     x_train = torch.from_numpy(emb["train"][keep]).to(device)
@@ -248,7 +243,7 @@ def fit_head_on_embeddings(
         )
     assert best_state is not None
     head.load_state_dict(best_state)
-    log_fn(
+    fitting.log_fn(
         f"teacher {plan.name} member {m + 1}/{plan.ensemble}: head fitted on cached embeddings "
         f"({plan.epochs} epochs), best val macro-F1 {best_f1:.3f}"
     )
