@@ -20,8 +20,9 @@ from core.engine.trainer import Result
 from core.errors import UserError
 from core.registry import load_registry
 from core.tasks import TASKS, resolve_options
+from core.tasks.children import continue_job
 from core.tracking import check_store, resolve_uri
-from core.tracking.sweep import fail_parent, parent_of_this_job
+from core.tracking.sweep import fail_parent, this_job
 
 log = logging.getLogger("core.run")
 
@@ -47,13 +48,16 @@ def run(cfg: DictConfig, run_dir: Path, parent_run_id: str | None = None, tags: 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    parent, tags = parent_of_this_job(cfg.tracking.run_name or cfg.name)
+    job = this_job(cfg.tracking.run_name or cfg.name)
     try:
-        result = run(cfg, Path(HydraConfig.get().runtime.output_dir), parent_run_id=parent, tags=tags)
+        result = continue_job(cfg, job.earlier_dir) if job.earlier_dir else None
+        if result is None:
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            result = run(cfg, run_dir, parent_run_id=job.parent_run_id, tags=job.tags)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if parent:
-            fail_parent(parent, cfg)
+        if job.parent_run_id:
+            fail_parent(job.parent_run_id, cfg)
         sys.exit(2)
     if isinstance(result, Result) and result.metrics:
         m = result.metrics

@@ -182,8 +182,18 @@ class MlflowServer:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real `mlflow server` (sqlite backend, artifacts on disk) on 127.0.0.1 for this test session."""
+def mlflow_server_process(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server` (sqlite backend, artifacts on disk) on 127.0.0.1 for this test session;
+    tests that stop it (a server that goes away) start it again on the same port and store."""
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    yield server.start()
+    server.start()
+    yield server
     server.stop()
+
+
+@pytest.fixture
+def mlflow_server(mlflow_server_process: MlflowServer) -> str:
+    """The session's server's URL, the server running (a test before may have stopped it)."""
+    if mlflow_server_process.proc is None:
+        mlflow_server_process.start()
+    return mlflow_server_process.url

@@ -7,6 +7,8 @@ is valid.
 
 from __future__ import annotations
 
+import math
+
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import ConfigValueError
@@ -44,10 +46,24 @@ def validate(cfg: DictConfig) -> None:
     ]
     for key in positive:
         value = OmegaConf.select(cfg, key)
-        if value is None or value <= 0:
-            raise ConfigValueError(f"{key}={value!r} must be > 0")
-    if cfg.data.max_per_class is not None and cfg.data.max_per_class <= 0:
-        raise ConfigValueError(f"data.max_per_class={cfg.data.max_per_class} must be > 0 or null")
+        if value is None or not value > 0 or not math.isfinite(value):  # NaN fails every comparison
+            raise ConfigValueError(f"{key}={value!r} must be a finite number > 0")
+    if not cfg.train.weight_decay >= 0 or not math.isfinite(cfg.train.weight_decay):
+        raise ConfigValueError(f"train.weight_decay={cfg.train.weight_decay!r} must be a finite number >= 0")
+    for key, low in (
+        ("train.num_workers", 0),
+        ("train.threads", 1),
+        ("train.eval_batch_size", 1),
+        ("train.max_steps_per_epoch", 1),
+        ("data.max_per_class", 1),
+    ):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < low:
+            nullable = "" if key == "train.num_workers" else " or null"
+            raise ConfigValueError(f"{key}={value} must be >= {low}{nullable}")
+    if cfg.train.grad_clip is not None and not cfg.train.grad_clip > 0:
+        raise ConfigValueError(f"train.grad_clip={cfg.train.grad_clip!r} must be > 0 or null")
+    _validate_audio(cfg)
     if cfg.task == "compare" and not cfg.compare.seeds:
         raise ConfigValueError("compare.seeds is empty: give at least one seed, e.g. compare.seeds=[0,1,2]")
     if cfg.task == "compare" and {"kd", "pruned_kd"} & set(cfg.compare.arms) and not cfg.model.teacher.name:
@@ -144,6 +160,28 @@ def _validate_prune(cfg: DictConfig) -> None:
             raise ConfigValueError(f"pareto.ratios: {r} must be within (0, 1)")
     if cfg.task in ("pareto",) and not cfg.model.teacher.name and any(cfg.pareto.kd):
         raise ConfigValueError("pareto.kd includes true: set model.teacher.name")
+
+
+def _validate_audio(cfg: DictConfig) -> None:
+    """The front end must be able to analyse a clip: a window no longer than the clip (its centred
+    frames are reflect-padded by half a window, which needs that many samples), and a hop no longer
+    than the window (a longer hop skips audio between frames: aug.hop=100000 left one frame per clip)."""
+    a = cfg.aug
+    window = a.win_length if a.win_length is not None else a.n_fft
+    clip = round(cfg.data.clip_seconds * a.sr)
+    if a.win_length is not None and not 0 < a.win_length <= a.n_fft:
+        raise ConfigValueError(f"aug.win_length={a.win_length} must be within [1, aug.n_fft={a.n_fft}] or null")
+    if a.hop > window:
+        raise ConfigValueError(
+            f"aug.hop={a.hop} is longer than the analysis window ({window} samples: aug.win_length "
+            f"or aug.n_fft), so audio between frames would never be seen: use aug.hop <= {window}"
+        )
+    if clip <= a.n_fft // 2:
+        raise ConfigValueError(
+            f"data.clip_seconds={cfg.data.clip_seconds} gives {clip} samples at aug.sr={a.sr}, too "
+            f"short for the front end's {a.n_fft}-point frames: need more than {a.n_fft // 2} "
+            f"samples (data.clip_seconds > {a.n_fft / 2 / a.sr:g})"
+        )
 
 
 def _validate_evaluate(cfg: DictConfig) -> None:

@@ -78,15 +78,19 @@ def build_dataset(cfg: Any, registry: Registry) -> Dataset:
     )
 
 
-def prepare_data(cfg: Any, registry: Registry, *, prepare: bool = True, progress: bool = True) -> DataBundle:
+def prepare_data(
+    cfg: Any, registry: Registry, *, dataset: Dataset | None = None, prepare: bool = True, progress: bool = True
+) -> DataBundle:
     """Prepare the dataset (download or render) and decode each split once into the waveform cache,
     at ``aug.sr`` and ``data.clip_seconds`` (``train.num_workers`` decoding threads).
 
     Args:
+        dataset: the plugin object, when the caller built it already (:func:`build_dataset`).
         prepare: call the plugin's ``prepare()``; under DDP only rank 0 does, the others wait.
     """
     data, sample_rate, num_workers = cfg.data, int(cfg.aug.sr), int(cfg.train.num_workers)
-    dataset = build_dataset(cfg, registry)  # checks the plugin's options; writes nothing
+    if dataset is None:
+        dataset = build_dataset(cfg, registry)  # checks the plugin's options; writes nothing
     root = Path(data.root).expanduser().resolve()
     if prepare:
         writable_root(root)

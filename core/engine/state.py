@@ -33,6 +33,12 @@ class TrainState:
         prune_rounds, prune_scores: pruning rounds done and the scores they logged (``task=prune``).
         config: the run's resolved config; class_names, class_map: its classes.
         run_id, run_dir: the MLflow run and the run folder, continued on resume.
+        val_confusion: that epoch's validation confusion matrix (its plot is redrawn from it when a
+            resumed run finds the epoch saved but not logged).
+        closed: the run is complete: trained, scored on the test split, logged and ended; a later
+            resume has nothing left to do. ``finished`` without ``closed`` is a run killed between
+            its last epoch and its final scores: a resume does only what is left.
+        final: the run's final metrics (as returned to the caller), once closed.
     """
 
     model: dict[str, Any]
@@ -53,6 +59,9 @@ class TrainState:
     structure: dict[str, Any] = attrs.field(factory=dict)
     prune_rounds: int = 0
     prune_scores: dict[str, float] = attrs.field(factory=dict)
+    val_confusion: list[list[int]] = attrs.field(factory=list)
+    closed: bool = False
+    final: dict[str, float] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=False)
@@ -68,7 +77,9 @@ class TrainState:
                 f"{source} is not a training checkpoint of this toolkit (it holds {have}); give "
                 f"a best.pt or last.pt written by a training run"
             )
-        return cls(**{k: v for k, v in state.items() if k in names})
+        values = {k: v for k, v in state.items() if k in names}
+        values.setdefault("closed", bool(state.get("finished")))  # written before runs were closed explicitly
+        return cls(**values)
 
     def save(self, path: Path) -> Path:
         """Atomically: a kill or a full disk mid-write leaves the previous file intact."""

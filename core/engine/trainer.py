@@ -191,6 +191,8 @@ class Trainer:
         self.run_id = self.tracker.start(run_name=self.run_info.name, run_id=state.run_id if state else None)
         if self.run_info.start_tags:
             self.tracker.set_tags(self.run_info.start_tags)
+        if state is not None:
+            self.replay(state)
         if self.dist.main:
             self.costs = self.measure_costs(self.model)
 
@@ -233,8 +235,10 @@ class Trainer:
         return metrics, seconds
 
     def commit(self, epoch: int, train_metrics: dict[str, float], val: Scores, seconds: float) -> None:
-        """Log the epoch's metrics and confusion matrix, save ``last.pt`` (and ``best.pt`` when
-        validation macro-F1 improved), upload them; print one line."""
+        """The epoch, exactly once: save ``best.pt`` (when validation macro-F1 improved) and
+        ``last.pt`` first, then log what ``last.pt`` holds (:meth:`log_epoch`); print one line. A kill
+        between the two leaves the epoch saved but not logged, which the resume logs (:meth:`replay`):
+        never the other way round, which would log the epoch again when it is trained again."""
         improved = val.f1 > self.best_f1
         if improved:
             self.best_f1, self.best_epoch = val.f1, epoch
@@ -248,23 +252,43 @@ class Trainer:
             "epoch_time_s": seconds,
             "train_samples_per_s": samples_per_s,
         }
-        self.tracker.log_metrics(metrics, step=epoch + 1)
-        self.log_confusion(val, f"val epoch {epoch + 1}", f"confusion_val_epoch{epoch + 1:03d}.png")
-        state = self.state(epoch, metrics)
+        state = self.state(epoch, metrics, val.confusion)
         folder = self.run_dir / "checkpoints"
         if improved:
             state.save(folder / "best.pt")
         state.save(folder / "last.pt")
-        if self.run_info.log_checkpoints:
-            self.tracker.log_artifact(folder / "last.pt", "checkpoints")
-            if improved:
-                self.tracker.log_artifact(folder / "best.pt", "checkpoints")
+        self.log_epoch(state)
         print(
             f"epoch {epoch + 1}/{self.epochs}  loss {metrics['train_loss']:.4f}  "
             f"train_acc {metrics['train_acc']:.3f}  val_acc {val.acc:.3f}  val_f1 {val.f1:.3f}  "
             f"({seconds:.1f} s, {samples_per_s:.1f} samples/s)",
             flush=True,
         )
+
+    def log_epoch(self, state: TrainState, metrics: bool = True) -> None:
+        """What an epoch logs: its metrics at step ``epoch + 1`` (unless ``metrics`` is False), its
+        validation confusion plot and its checkpoints (uploading a file again replaces it)."""
+        step, m = state.epoch + 1, state.metrics
+        if metrics:
+            self.tracker.log_metrics(m, step=step)
+        if state.val_confusion:
+            val = Scores(m["val_loss"], m["val_acc"], m["val_f1"], [], state.val_confusion)
+            self.log_confusion(val, f"val epoch {step}", f"confusion_val_epoch{step:03d}.png")
+        if self.run_info.log_checkpoints:
+            folder = self.run_dir / "checkpoints"
+            self.tracker.log_artifact(folder / "last.pt", "checkpoints")
+            if state.best_epoch == state.epoch:
+                self.tracker.log_artifact(folder / "best.pt", "checkpoints")
+
+    def replay(self, state: TrainState) -> None:
+        """A resumed run's last epoch was saved, but a kill may have come before all of it reached
+        MLflow: its metrics are logged if MLflow lacks that step (so each step is logged once; when
+        the store cannot tell, e.g. calls still wait for a server, they are not), its plot and
+        checkpoints uploaded again."""
+        if not self.dist.main:
+            return
+        logged = self.tracker.logged_steps("val_f1")
+        self.log_epoch(state, metrics=logged is not None and state.epoch + 1 not in logged)
 
     def check_replicas(self) -> None:
         """Under DDP, every rank's final parameters must be the same (recorded as a tag)."""
@@ -290,12 +314,15 @@ class Trainer:
                 **test.as_metrics("test", self.run_info.class_names),
                 "best_epoch": self.best_epoch + 1,
             }
-            self.tracker.log_metrics(final, step=self.epochs)
+            logged = self.tracker.logged_steps("test_acc")
+            if logged is None or self.epochs not in logged:  # once, also when a resume redoes this
+                self.tracker.log_metrics(final, step=self.epochs)
             final.update(self.costs)
             for extension in self.extensions:
                 final.update(extension.final_metrics())
             self.log_confusion(test, "test (best checkpoint)", "confusion_test.png")
             self.tracker.end("FINISHED")
+            self.close(final)
         self.dist.close()
         return Result(
             run_id=self.run_id,
@@ -332,7 +359,18 @@ class Trainer:
             out.update({f"{prefix}_{name}_acc": s.acc, f"{prefix}_{name}_f1": s.f1})
         return out
 
-    def state(self, epoch: int, metrics: dict[str, float]) -> TrainState:
+    def close(self, final: dict[str, float]) -> None:
+        """Mark ``last.pt`` closed, with the final metrics: the run is complete and a resume refuses
+        it. Done last, after MLflow has the final scores and the run ended, so a kill before this
+        leaves a run that a resume finishes (its final scores logged once, as above)."""
+        path = self.run_dir / "checkpoints" / "last.pt"
+        state = TrainState.load(path)
+        state.closed, state.final = True, dict(final)
+        state.save(path)
+        if self.run_info.log_checkpoints:  # the uploaded last.pt is the file on disk
+            self.tracker.log_artifact(path, "checkpoints")
+
+    def state(self, epoch: int, metrics: dict[str, float], val_confusion: list[list[int]]) -> TrainState:
         """The checkpoint of the epoch just finished."""
         info = self.run_info
         state = TrainState(
@@ -352,6 +390,7 @@ class Trainer:
             class_map=info.class_map,
             run_id=self.run_id,
             run_dir=str(self.run_dir),
+            val_confusion=val_confusion,
         )
         for extension in self.extensions:
             extension.save(state)

@@ -26,7 +26,7 @@ from core.engine.state import TrainState
 from core.registry import Registry
 from core.stages.export import export_and_time, parity_clips, student_row, teacher_row, write_report
 from core.stages.teacher import prepare_teacher
-from core.tasks.train import run_train
+from core.tasks.children import child_run, family
 from core.tracking import Tracker, parent_run
 
 METRICS = (
@@ -125,11 +125,16 @@ def plot(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | None, pat
 
 
 def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str, Any]:
-    """Train every (seed, arm) pair, then report. Returns ``{"runs", "summary", "teacher"}``."""
+    """Train every (seed, arm) pair, then report. Returns ``{"runs", "summary", "teacher"}``. A rerun
+    of an interrupted comparison continues it (:mod:`core.tasks.children`)."""
     runs: list[dict[str, Any]] = []
     teacher: dict[str, Any] | None = None
     arms = [(arm, kd) for arm, kd in ARMS if arm in cfg.compare.arms]
-    with parent_run(cfg, "compare", {"teacher": cfg.model.teacher.name}, run_dir) as parent:
+    fam = family(cfg, run_dir)
+    run_dir = fam.run_dir
+    tags = {"teacher": cfg.model.teacher.name}
+    with parent_run(cfg, "compare", tags, run_dir, run_id=fam.parent_run_id) as parent:
+        fam.mark(parent.run_id, finished=False)
         for seed in cfg.compare.seeds:
             for arm, kd in arms:
                 child = {
@@ -142,9 +147,7 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
                     source = run_dir / f"{PRUNE_FROM[arm]}-seed{seed}" / "checkpoints" / "best.pt"
                     child.update(task="prune", prune={"source": str(source)})
                 print(f"\n=== {arm}, seed {seed} ===", flush=True)
-                result = run_train(
-                    merged(cfg, child), registry, run_dir / f"{arm}-seed{seed}", parent_run_id=parent.run_id
-                )
+                result = child_run(merged(cfg, child), registry, run_dir / f"{arm}-seed{seed}", parent.run_id)
                 m = result.metrics
                 runs.append(
                     {
@@ -193,6 +196,7 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
         if cfg.export.enabled and set(PRUNE_FROM) & set(cfg.compare.arms):
             summary_table = deployment_summary(cfg, registry, runs, run_dir, parent)
             print("\n" + summary_table, flush=True)
+    fam.mark(parent.run_id, finished=True)
     return {"runs": runs, "summary": summary, "teacher": teacher}
 
 

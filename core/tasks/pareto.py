@@ -20,7 +20,7 @@ from core.data import prepare_data
 from core.engine.state import TrainState
 from core.registry import Registry
 from core.stages.export import export_and_time, parity_clips, student_row, write_report
-from core.tasks.train import run_train
+from core.tasks.children import child_run, family
 from core.tracking import parent_run
 
 
@@ -132,14 +132,19 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
 
 
 def run_pareto(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[str, Any]]:
+    """Train every width, prune each at every ratio with CE and/or KD, export and time them all,
+    report. A rerun of an interrupted pareto task continues it (:mod:`core.tasks.children`)."""
     points: list[dict[str, Any]] = []
-    with parent_run(cfg, "pareto", run_dir=run_dir) as parent:
+    fam = family(cfg, run_dir)
+    run_dir = fam.run_dir
+    with parent_run(cfg, "pareto", run_dir=run_dir, run_id=fam.parent_run_id) as parent:
         parent_id = parent.run_id
+        fam.mark(parent_id, finished=False)
         for width in cfg.pareto.widths:
             common = {"model": {"student": {"width_mult": float(width)}}}
             name = f"w{width:g}"
             print(f"\n=== student width {width:g} ===", flush=True)
-            base = run_train(
+            base = child_run(
                 merged(
                     cfg,
                     common,
@@ -151,7 +156,7 @@ def run_pareto(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[
                 ),
                 registry,
                 run_dir / name,
-                parent_run_id=parent_id,
+                parent_id,
             )
             points.append(
                 {"width": float(width), "ratio": 0.0, "finetune": "-", "run_dir": str(base.run_dir), **base.metrics}
@@ -166,7 +171,7 @@ def run_pareto(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[
                         "prune": {"ratio": float(ratio), "source": str(base.run_dir / "checkpoints" / "best.pt")},
                         "tracking": {"run_name": f"{cfg.name}-{tag}"},
                     }
-                    r = run_train(merged(cfg, common, child), registry, run_dir / tag, parent_run_id=parent_id)
+                    r = child_run(merged(cfg, common, child), registry, run_dir / tag, parent_id)
                     points.append(
                         {
                             "width": float(width),
@@ -213,6 +218,7 @@ def run_pareto(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[
             parent.log_artifact(run_dir / f, "pareto")
         write_report(timed, cfg.export, run_dir / "export", None)
         print("\n" + table, flush=True)
+    fam.mark(parent_id, finished=True)
     return points
 
 

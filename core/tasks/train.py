@@ -18,8 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from core.config import as_dict
-from core.data import DataBundle, prepare_data
-from core.engine import checkpoint
+from core.data import DataBundle, build_dataset, prepare_data
+from core.engine.checkpoint import CheckpointError
 from core.engine.distributed import pick_device, setup_distributed
 from core.engine.model import AudioClassifier, build_model, load_weights, model_inputs, normalisation_batches
 from core.engine.seeding import seed_everything
@@ -53,15 +53,22 @@ def run_train(
     device = pick_device(cfg.train.device, dist.local_rank)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    # config mistakes surface before any download, render or cache build
+    # config mistakes, and a resume target that cannot be continued, surface before any download,
+    # render or cache build
     loss_fn = build_loss(cfg, registry)
     check_components(cfg, registry)
     prune = PruneStage(cfg.prune, cfg.train.epochs, registry) if cfg.task == "prune" else None
     settings = TrainSettings.from_config(cfg.train, **({"epochs": prune.epochs} if prune else {}))
+    dataset = build_dataset(cfg, registry)  # its class list, without preparing it
+    resume = find_resume(cfg)
+    if resume is not None:
+        check_resume_compatible(resume, cfg, list(dataset.class_names))
 
     # data: rank 0 downloads/renders, the others wait and then read the same files
     progress = dist.main and sys.stderr.isatty()
-    data = dist.main_first(lambda main: prepare_data(cfg, registry, prepare=main, progress=main and progress))
+    data = dist.main_first(
+        lambda main: prepare_data(cfg, registry, dataset=dataset, prepare=main, progress=main and progress)
+    )
     check_class_count(cfg, data)
     if dist.main:
         print("classes:\n" + data.describe())
@@ -72,10 +79,6 @@ def run_train(
                 cfg, registry, data, device, train=main, log_fn=print if dist.main else log.info
             )
         )
-    resume = find_resume(cfg)
-    if resume is not None:
-        check_resume_compatible(resume, cfg, data)
-
     seed_everything(cfg.train.seed)
     model = build_model(cfg, registry, data.num_classes).to(device)
     inputs = dist.main_first(lambda _: model_inputs(model, data.splits, cfg.train.cache_logmel))
@@ -163,8 +166,10 @@ def check_class_count(cfg: DictConfig, data: DataBundle) -> None:
 
 
 def find_resume(cfg: DictConfig) -> TrainState | None:
-    """``train.resume``: a path to ``last.pt`` (or its run folder), or ``auto`` for the newest
-    unfinished run of this experiment name under ``train.out_dir``."""
+    """``train.resume``: a path to ``last.pt`` (or its run folder), or ``auto`` for the newest run of
+    this experiment name under ``train.out_dir`` that is not closed (killed mid-epoch, or after its
+    last epoch but before its final scores). ``auto`` reads only this experiment's runs (by the
+    ``config.yaml`` beside each checkpoint) and skips, with a warning, a checkpoint it cannot read."""
     target = cfg.train.resume
     if target is None:
         return None
@@ -174,23 +179,38 @@ def find_resume(cfg: DictConfig) -> TrainState | None:
             p = p / "checkpoints" / "last.pt"
         if not p.is_file():
             raise TrainingError(f"train.resume={target}: no checkpoint at {p}")
-        return TrainState.load(p)
+        return TrainState.load(p, source=f"train.resume={target} ({p})")
     candidates = []
     for p in Path(cfg.train.out_dir).glob("**/checkpoints/last.pt"):
-        state = checkpoint.load(p)
-        if not state.get("finished") and state.get("config", {}).get("name") == cfg.name:
-            candidates.append((p.stat().st_mtime, p))
+        if run_name(p.parent.parent) not in (None, cfg.name):
+            continue  # another experiment's run: not even read
+        try:
+            state = TrainState.load(p)
+        except CheckpointError as exc:
+            log.warning("train.resume=auto: skipping %s, which cannot be read: %s", p, exc)
+            continue
+        if not state.closed and state.config.get("name") == cfg.name:
+            candidates.append((p.stat().st_mtime, p, state))
     if not candidates:
         log.info("train.resume=auto: no unfinished run of %r under %s; starting fresh", cfg.name, cfg.train.out_dir)
         return None
-    return TrainState.load(max(candidates)[1])
+    return max(candidates, key=lambda c: c[:2])[2]
 
 
-def check_resume_compatible(state: TrainState, cfg: DictConfig, data: DataBundle) -> None:
+def run_name(run_dir: Path) -> str | None:
+    """The experiment name in a run folder's ``config.yaml`` (None when it has none to read)."""
+    try:
+        config = OmegaConf.load(run_dir / "config.yaml")
+    except Exception:  # noqa: BLE001 - missing or mangled: the checkpoint itself decides
+        return None
+    return str(config.name) if isinstance(config, DictConfig) and "name" in config else None
+
+
+def check_resume_compatible(state: TrainState, cfg: DictConfig, class_names: list[str]) -> None:
     old = state.config
-    if state.class_names != data.class_names:
+    if state.class_names != class_names:
         raise TrainingError(
-            f"cannot resume: the checkpoint's classes {state.class_names} differ from this run's {data.class_names}"
+            f"cannot resume: the checkpoint's classes {state.class_names} differ from this run's {class_names}"
         )
     if bool(old["model"]["kd"]["enabled"]) != bool(cfg.model.kd.enabled):
         raise TrainingError(
@@ -203,9 +223,10 @@ def check_resume_compatible(state: TrainState, cfg: DictConfig, data: DataBundle
                 f"cannot resume: checkpoint has model.student.{key}="
                 f"{old['model']['student'][key]}, config has {cfg.model.student[key]}"
             )
-    if state.finished:
+    if state.closed:
         raise TrainingError(
-            "cannot resume: that run already finished all its epochs (raise train.epochs only in a new run)"
+            f"cannot resume: that run is complete (all {old['train']['epochs']} epochs, final scores logged to "
+            f"MLflow run {state.run_id}); raise train.epochs only in a new run"
         )
 
 

@@ -58,10 +58,24 @@ def check_store(uri: str, timeout: float = 5.0) -> None:
         folder = db.parent if str(db) else Path.cwd()
         if not folder.exists() or not os.access(folder, os.W_OK):
             raise TrackingError(f"MLflow store {uri}: folder {folder} is missing or not writable")
+    elif is_file_store(uri) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        folder = Path(uri.removeprefix("file://").removeprefix("file:")).expanduser()
+        raise TrackingError(
+            f"tracking.uri={uri} is a folder, MLflow's file store, which MLflow 3 refuses to open. Use the sqlite "
+            f"store sqlite:///{(folder / 'mlflow.db').resolve()} (or leave tracking.uri unset for "
+            f"./mlflow.db), an http(s) tracking server, or set MLFLOW_ALLOW_FILE_STORE=true"
+        )
 
 
 def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
+
+
+def is_file_store(uri: str) -> bool:
+    """A plain path or a ``file:`` URI: MLflow's folder store (other schemes name a database or server)."""
+    if uri.startswith("databricks"):  # a Databricks workspace profile, not a folder
+        return False
+    return uri.startswith("file:") or "://" not in uri and ":" not in uri.split("/")[0]
 
 
 def server_down(uri: str) -> bool:

@@ -35,10 +35,16 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # MLflow prints its own "View run" / "View experiment" links when a run ends; they open its GenAI
+    # view. The tracker prints links that open the training runs instead (Tracker.end).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 #: Without this tag MLflow 3 opens an experiment in its GenAI view instead of the runs table.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+#: MLflow 3's UI remembers a GenAI / model-training switch per browser and starts in GenAI; this query
+#: parameter opens the model-training view (seen with 3.17 in tests/ui).
+TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -111,6 +117,17 @@ class Tracker:
             self._retry()
         return self.run_id
 
+    def logged_steps(self, key: str) -> set[int] | None:
+        """The steps at which this run has logged metric ``key``, or None when that cannot be known
+        now (tracking off, or calls still waiting for a vanished server): what a resumed run asks
+        before it logs an epoch again, so each step is logged once."""
+        if not self.enabled or self.run_id is None or self.pending:
+            return None
+        try:
+            return {m.step for m in self._client.get_metric_history(self.run_id, key)}
+        except Exception:  # noqa: BLE001 - a server that vanished just now: unknown, as above
+            return None
+
     # --- logging ------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._call({"op": "params", "items": {k: str(v)[:6000] for k, v in params.items()}})
@@ -129,6 +146,11 @@ class Tracker:
         if not self.enabled or self.run_id is None:
             return
         self._call({"op": "end", "status": status})
+        if is_remote(self.uri) and not self.pending:
+            print(
+                f"View run at: {self.run_url()}\nView experiment (training runs) at: {self.experiment_url()}",
+                flush=True,
+            )
         if self.pending and self.spool is not None:
             print(
                 f"warning: MLflow server {self.uri} is still unreachable; the run's last "
@@ -148,12 +170,16 @@ class Tracker:
         """Where to look at the run: a browser URL for servers, the `make ui` hint for local stores."""
         if not self.enabled or self.run_id is None:
             return ""
-        # MLflow 3's UI remembers a GenAI / model-training switch per browser and starts in GenAI; the
-        # query parameter opens the model-training view (seen with 3.17 in tests/ui).
-        path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?{TRAINING_VIEW}"
         if is_remote(self.uri):
             return f"{self.uri.rstrip('/')}/{path}"
         return f"run {self.run_id} in {self.uri} (open it with `make ui`, then http://127.0.0.1:5000/{path})"
+
+    def experiment_url(self) -> str:
+        """The experiment's runs table on a server (empty for a local store)."""
+        if not self.enabled or self.experiment_id is None or not is_remote(self.uri):
+            return ""
+        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}?{TRAINING_VIEW}"
 
     # --- the server may go away -----------------------------------------------------------------
     def _call(self, op: dict[str, Any]) -> None:
@@ -203,11 +229,16 @@ class Tracker:
 
 @contextlib.contextmanager
 def parent_run(
-    cfg: Any, stage: str, tags: Mapping[str, Any] | None = None, run_dir: Path | None = None
+    cfg: Any,
+    stage: str,
+    tags: Mapping[str, Any] | None = None,
+    run_dir: Path | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Tracker]:
     """An MLflow run that groups the child runs of a compare/pareto task: tagged ``stage``, the
     flattened config as params; FINISHED when the block completes, FAILED when it raises. Calls a
-    vanished server could not take wait in ``run_dir`` (as a training run's do)."""
+    vanished server could not take wait in ``run_dir`` (as a training run's do). ``run_id``
+    continues that run (a rerun of an interrupted task) instead of starting one."""
     from omegaconf import OmegaConf
 
     parent = Tracker(
@@ -215,7 +246,7 @@ def parent_run(
         cfg.tracking.experiment,
         spool=Path(run_dir) / PENDING if run_dir is not None else None,
     )
-    parent.start(run_name=cfg.tracking.run_name or cfg.name)
+    parent.start(run_name=cfg.tracking.run_name or cfg.name, run_id=run_id)
     parent.set_tags({"stage": stage, **(tags or {})})
     parent.log_params(flatten(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))))
     try:

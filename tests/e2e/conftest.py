@@ -1,11 +1,14 @@
-"""End-to-end fixtures: one trained tiny student for the whole session."""
+"""End-to-end fixtures: one trained tiny student for the whole session, and simulated kills."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 
 from core.engine.trainer import Result
 from core.run import run
+from core.tracking.tracker import Tracker
 from tests.conftest import compose_config, sqlite_store
 
 
@@ -24,3 +27,21 @@ def trained(data_root, tmp_path_factory) -> Result:
         "train.epochs=1",
     )
     return run(cfg, root / "outputs" / "source")
+
+
+class Killed(BaseException):
+    """A kill, simulated in-process: raised at a boundary, nothing the process would have done after
+    it happens; with :func:`killable`, not even the run's own cleanup (a killed process cannot mark
+    its MLflow run FAILED). Only what was on disk and in MLflow at that instant remains."""
+
+
+@pytest.fixture
+def killable(monkeypatch):
+    """While a :class:`Killed` propagates, a tracker ends nothing (a killed process cannot)."""
+    real_end = Tracker.end
+
+    def end(self, status="FINISHED"):
+        if not isinstance(sys.exc_info()[1], Killed):
+            real_end(self, status)
+
+    monkeypatch.setattr(Tracker, "end", end)

@@ -179,3 +179,53 @@ def test_a_dataset_left_empty_by_the_class_filter_says_so(tiny, tmp_path):
             run_dir(tmp_path),
         )
     assert "no notes of the requested classes (flute)" in str(err.value) and "data.classes" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.threads=-1", ["train.threads=-1", ">= 1"]),
+        ("train.weight_decay=-1", ["train.weight_decay=-1", ">= 0"]),
+        ("train.lr=nan", ["train.lr=nan", "finite number > 0"]),
+        ("train.num_workers=-1", ["train.num_workers=-1", ">= 0"]),
+        ("train.eval_batch_size=0", ["train.eval_batch_size=0", ">= 1"]),
+        ("data.clip_seconds=0.01", ["data.clip_seconds=0.01", "160 samples", "> 0.032"]),
+        ("aug.hop=100000", ["aug.hop=100000", "window", "aug.hop <= 1024"]),
+    ],
+)
+def test_values_that_used_to_crash_or_pass_are_refused_before_any_data_work(tiny, tmp_path, override, words):
+    from core.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError) as err:
+        run(tiny(override, f"data.root={tmp_path / 'fresh'}"), run_dir(tmp_path))
+    assert all(w in str(err.value) for w in words), str(err.value)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_plain_folder_as_tracking_uri_is_refused_before_any_data_work(tiny, tmp_path):
+    from core.tracking import TrackingError
+
+    with pytest.raises(TrackingError) as err:
+        run(tiny(f"tracking.uri={tmp_path / 'mlruns'}", f"data.root={tmp_path / 'fresh'}"), run_dir(tmp_path))
+    assert "file store" in str(err.value) and f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}" in str(err.value)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_resume_target_that_cannot_be_continued_stops_before_any_data_work(tiny, tmp_path, trained):
+    fresh = tmp_path / "fresh"
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 100)
+    cases = [
+        (f"train.resume={tmp_path / 'nowhere'}", "no checkpoint at"),
+        (f"train.resume={garbage}", "weights_only=True"),
+        (f"train.resume={trained.run_dir}", "complete"),  # closed: nothing left to do
+    ]
+    for override, words in cases:
+        with pytest.raises(UserError, match=words):
+            run(tiny(override, f"data.root={fresh}"), run_dir(tmp_path))
+    with pytest.raises(UserError, match="classes"):
+        run(
+            tiny(f"train.resume={trained.run_dir}", "data.classes=[bass,flute]", f"data.root={fresh}"),
+            run_dir(tmp_path),
+        )
+    assert not fresh.exists()  # nothing downloaded, rendered or cached

@@ -96,3 +96,46 @@ def test_profile_reports_student_and_teacher_without_data(compose, tmp_path):
 def test_compare_needs_a_teacher(tiny, tmp_path):
     with pytest.raises(ConfigValueError, match="model.teacher.name"):
         run(tiny("task=compare"), tmp_path / "x")
+
+
+def test_a_comparison_killed_midway_is_continued_by_the_same_command(tiny, tmp_path, killable, monkeypatch):
+    """Killed during its second run (the KD arm, after epoch 1), the same command again keeps the
+    completed student run, resumes the KD run, and finishes the same parent run in the same folder."""
+    import core.tasks.children
+    from core.engine.trainer import Trainer
+    from tests.e2e.conftest import Killed
+
+    overrides = ("task=compare", "compare.seeds=[0]", "train.epochs=2", *CNN_TEACHER)
+    real = Trainer.log_epoch
+
+    def log_epoch(self, state, metrics=True):
+        if self.run_info.name.endswith("kd-seed0") and state.epoch == 0 and metrics:
+            raise Killed
+        return real(self, state, metrics)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "log_epoch", log_epoch)
+        with pytest.raises(Killed):
+            run(tiny(*overrides), tmp_path / "outputs" / "cmp")
+    client = MlflowClient(tiny().tracking.uri)
+    before = {
+        r.data.tags.get("mlflow.runName"): r
+        for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+    }
+    assert before["tiny"].info.status == "RUNNING" and before["tiny-student-seed0"].info.status == "FINISHED"
+
+    trained = []
+    real_train = core.tasks.children.run_train
+    monkeypatch.setattr(
+        core.tasks.children,
+        "run_train",
+        lambda cfg, registry, run_dir, **kw: trained.append(run_dir) or real_train(cfg, registry, run_dir, **kw),
+    )
+    out = run(tiny(*overrides), tmp_path / "outputs" / "rerun")  # a new folder, as Hydra would make
+    assert trained == [tmp_path / "outputs" / "cmp" / "kd-seed0"]  # only the interrupted run, resumed
+    by_arm = {r["arm"]: r for r in out["runs"]}
+    assert by_arm["student"]["run_id"] == before["tiny-student-seed0"].info.run_id
+    assert by_arm["kd"]["run_id"] == before["tiny-kd-seed0"].info.run_id
+    parent = client.get_run(before["tiny"].info.run_id)
+    assert parent.info.status == "FINISHED" and (tmp_path / "outputs" / "cmp" / "compare.json").is_file()
+    assert [m.step for m in client.get_metric_history(by_arm["kd"]["run_id"], "val_loss")] == [1, 2]

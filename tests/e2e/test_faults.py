@@ -35,7 +35,7 @@ from core.engine.loop import epoch_batches
 from core.errors import TrainingError
 from core.run import run
 from core.tracking import PENDING, TrackingError
-from tests.conftest import MlflowServer, free_port, sqlite_store
+from tests.conftest import MlflowServer, compose_config, free_port, sqlite_store
 from tests.e2e.test_train import check_run, run_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,10 +45,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(tmp_path: Path, data_root: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "core.run", *_overrides(tmp_path, data_root, name, *extra)]
+
+
+def _overrides(tmp_path: Path, data_root: Path, name: str, *extra: str) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "core.run",
         "experiment=tiny",
         f"data.root={data_root}",
         f"train.out_dir={tmp_path / name}",
@@ -59,12 +60,19 @@ def _cli(tmp_path: Path, data_root: Path, name: str, *extra: str) -> list[str]:
     ]
 
 
-def test_sigkill_mid_epoch_resumes_the_same_run_with_the_same_final_metrics(tmp_path, data_root):
+@pytest.fixture
+def one_thread():
+    """``train.threads=1`` in this process (as in the killed one), undone after the test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sigkill_mid_epoch_resumes_the_same_run_with_the_same_final_metrics(tmp_path, data_root, one_thread, capsys):
+    """The victim is a real process killed with SIGKILL; the uninterrupted run and the resume run in
+    this process with the same settings (one thread), which spares two interpreter starts."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    straight = subprocess.run(
-        _cli(tmp_path, data_root, "straight"), capture_output=True, text=True, timeout=600, env=env, cwd=REPO
-    )
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    run(compose_config(*_overrides(tmp_path, data_root, "straight")), tmp_path / "straight" / "r")
 
     # The victim prints "epoch 2/3 ..." after saving epoch 2's checkpoint; it is killed (SIGKILL: no
     # handler, no cleanup) as soon as that line appears, i.e. inside epoch 3.
@@ -91,16 +99,9 @@ def test_sigkill_mid_epoch_resumes_the_same_run_with_the_same_final_metrics(tmp_
     assert client.get_run(state["run_id"]).info.status == "RUNNING"  # nobody could mark it
     assert not list(last.parent.glob(".*.part"))  # no half-written checkpoint left behind
 
-    resumed = subprocess.run(
-        _cli(tmp_path, data_root, "killed", "train.resume=auto"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=REPO,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "at epoch 3/3" in resumed.stdout
+    capsys.readouterr()
+    run(compose_config(*_overrides(tmp_path, data_root, "killed", "train.resume=auto")), tmp_path / "ignored")
+    assert "at epoch 3/3" in capsys.readouterr().out
     assert len(list((tmp_path / "killed").glob("**/checkpoints/last.pt"))) == 1  # no second run folder
 
     all_runs = client.search_runs([client.get_experiment_by_name("NSynth-Student-Baseline").experiment_id])
@@ -122,17 +123,18 @@ def test_sigkill_mid_epoch_resumes_the_same_run_with_the_same_final_metrics(tmp_
 
 
 @pytest.fixture
-def own_server(tmp_path, monkeypatch):
-    """A server this test may stop and start; the client gives up at once on a refused connection
-    (the production default retries twice), and the tracker retries on every call, not every 30 s."""
+def own_server(mlflow_server_process, monkeypatch):
+    """The session's server, which this test may stop and start again (starting a server costs ~30 s
+    on a slow 2-core machine, so the tests share one: each checks its own runs by id). The client
+    gives up at once on a refused connection (the production default retries twice), and the tracker
+    retries on every call, not every 30 s."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setattr(core.tracking.tracker, "RETRY_EVERY_S", 0.0)
-    root = tmp_path / "server"
-    root.mkdir()
-    server = MlflowServer(root)
-    server.start()
-    yield server
-    server.stop()
+    if mlflow_server_process.proc is None:
+        mlflow_server_process.start()
+    yield mlflow_server_process
+    if mlflow_server_process.proc is None:  # left stopped by a failing test: the next one needs it
+        mlflow_server_process.start()
 
 
 def _stop_and_start_at(monkeypatch, server: MlflowServer, stop_at: int, start_at: int | None) -> None:

@@ -73,3 +73,50 @@ def test_a_job_that_stops_the_sweep_marks_the_parent_failed(tmp_path, data_root)
     assert out.returncode == 2 and "train.lr" in out.stderr
     runs = _runs(tmp_path)
     assert [(r.data.tags.get("stage"), r.info.status) for r in runs] == [("sweep", "FAILED")]
+
+
+def test_a_sweep_killed_mid_job_is_continued_by_the_same_command(tmp_path, data_root):
+    """SIGKILL inside the second job; the same command again keeps the first job's run, resumes the
+    second in its own run, and finishes the same parent run."""
+    import signal
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "core.run",
+        "-m",
+        "experiment=tiny",
+        f"data.root={data_root}",
+        f"train.out_dir={tmp_path / 'outputs'}",
+        f"tracking.uri={sqlite_store(tmp_path / 'mlflow.db')}",
+        "train.epochs=2",
+        "train.threads=1",
+        "train.seed=0,1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    victim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    seen = []
+    for line in victim.stdout:
+        seen.append(line)
+        if line.startswith("epoch 1/2") and sum(s.startswith("epoch 1/2") for s in seen) == 2:  # job 1
+            victim.send_signal(signal.SIGKILL)
+            break
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    before = {r.info.run_id: r for r in _runs(tmp_path)}
+    (parent,) = [r for r in before.values() if r.data.tags.get("stage") == "sweep"]
+    assert parent.info.status == "RUNNING"  # what a kill leaves
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing the unfinished sweep" in again.stdout and "complete (MLflow run" in again.stdout
+    runs = _runs(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [r.info.run_id for r in runs if r.data.tags.get("stage") == "sweep"] == [parent.info.run_id]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.params["train.seed"] for r in children) == ["0", "1"]
+    assert {r.info.run_id for r in children} == {r for r in before if r != parent.info.run_id}  # no new runs
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")] == [1, 2]  # once each

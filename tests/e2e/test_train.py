@@ -68,10 +68,16 @@ def test_tiny_run_sqlite(tiny, tmp_path, extra):
     assert 0.0 <= result.metrics["test_acc"] <= 1.0
 
 
-def test_tiny_run_through_mlflow_server(tiny, tmp_path, mlflow_server):
+def test_tiny_run_through_mlflow_server(tiny, tmp_path, mlflow_server, capsys):
     cfg = tiny(f"tracking.uri={mlflow_server}")
     result = run(cfg, run_dir(tmp_path))
     check_run(mlflow_server, result.run_id, cfg.train.epochs)
+    # the links printed open the training runs, not MLflow's GenAI view (MLflow's own lines are off)
+    out = capsys.readouterr().out
+    experiment_id = MlflowClient(mlflow_server).get_run(result.run_id).info.experiment_id
+    experiment = f"{mlflow_server}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    assert f"View experiment (training runs) at: {experiment}" in out
+    assert f"/runs/{result.run_id}?workflowType=machine_learning" in out and "🧪" not in out
 
 
 def test_resume_continues_the_same_run_and_matches_an_uninterrupted_one(tiny, tmp_path, monkeypatch):

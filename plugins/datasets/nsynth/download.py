@@ -127,7 +127,7 @@ def download_NSynth(
     wanted = fetch_order(splits)
     out_dir = Path(root).expanduser() / "NSynth"
     state = _State(out_dir / STATE_FILE)
-    if state.covers(families, wanted):
+    if state.covers(families, wanted, budget):
         log.info("NSynth: %s already downloaded in %s", ", ".join(wanted), out_dir)
         return out_dir
     state.claim(families, budget)
@@ -188,12 +188,15 @@ class _State:
     def split(self, split: str) -> dict[str, Any] | None:
         return self.data["splits"].get(split)
 
-    def covers(self, families: list[str], wanted: list[str]) -> bool:
-        """True if every wanted split is complete and holds (at least) these families."""
+    def covers(self, families: list[str], wanted: list[str], budget: int) -> bool:
+        """True if every wanted split is complete, holds (at least) these families and was fetched
+        with this budget (another budget is refused by :meth:`claim`, complete or not: the data would
+        not be what the run logs)."""
         request = self.data["request"]
         return (
             request is not None
             and set(families) <= set(request["families"])
+            and request["budget_bytes"] == budget
             and all((self.split(s) or {}).get("status") == "complete" for s in wanted)
         )
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
+import core.list
 from core.registry import KINDS, PluginLoadError, UnknownComponentError, load_registry
 
 THIRD_PARTY_STUDENT = """
@@ -49,7 +47,7 @@ def test_unknown_name_lists_registered_names():
     assert "resnet_9000" in msg and "mobilenet_v3_small" in msg and "mobilenet_v2" in msg
 
 
-def test_third_party_student_is_found_listed_and_built(make_plugin_dist):
+def test_third_party_student_is_found_listed_and_built(make_plugin_dist, monkeypatch, capsys):
     make_plugin_dist("acme-audio-students", "acme_students", THIRD_PARTY_STUDENT)
     reg = load_registry()
     assert "tiny_cnn" in reg.names("student")
@@ -57,17 +55,13 @@ def test_third_party_student_is_found_listed_and_built(make_plugin_dist):
     net = reg.build("student", "tiny_cnn", num_classes=3, width_mult=1.0, bn_momentum=0.1)
     assert net(torch.zeros(2, 1, 32, 50)).shape == (2, 3)
 
-    out = subprocess.run(
-        [sys.executable, "-m", "core.list"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**__import__("os").environ, "COLUMNS": "200"},
-    )
-    line = next(ln for ln in out.stdout.splitlines() if "tiny_cnn" in ln)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert core.list.main([]) == 0  # what `python -m core.list` runs
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "tiny_cnn" in ln)
     assert "acme-audio-students" in line and "two-layer CNN" in line
     for kind in KINDS:
-        assert kind in out.stdout
+        assert kind in out
 
 
 def test_broken_plugin_is_reported_and_others_still_load(make_plugin_dist):

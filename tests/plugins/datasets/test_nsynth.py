@@ -616,6 +616,18 @@ def test_complete_download_makes_no_request(server, tmp_path):
     assert len(server.log) == n_requests
 
 
+def test_another_budget_on_a_complete_download_is_refused_not_reused(server, tmp_path):
+    """The data would not be what the run logs (data.max_total_size_mb): refused, as on a partial one."""
+    download_NSynth(tmp_path, ["bass", "reed"], 100.0, base_url=server.base_url, progress=False)
+    n_requests = len(server.log)
+    for budget in (50.0, 200.0):
+        with pytest.raises(DatasetError) as err:
+            download_NSynth(tmp_path, ["bass", "reed"], budget, base_url=server.base_url, progress=False)
+        assert "a budget of 100 MB" in str(err.value) and f"with {budget:g} MB" in str(err.value)
+        assert "another data.root" in str(err.value)
+    assert len(server.log) == n_requests  # refused before any request
+
+
 def test_other_settings_on_a_partial_download_are_refused(server, tmp_path):
     server.drop_after[ARCHIVE.format("test")] = 100
     with pytest.raises(NSynthDownloadError):
