@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(shell printf '%s' '$(TORCH_INDEX)' | md5sum | cut 
 export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: help setup system-deps demo test check bench bench-kd doctor ui list clean
+.PHONY: help setup system-deps demo test check bench bench-synthetic bench-kd doctor ui list clean
 
 help:
 	@echo "make demo    - set up, then run the end-to-end demo on the built-in GMNotes dataset"
@@ -27,6 +27,7 @@ help:
 	@echo "make ui      - MLflow UI for the local store on http://127.0.0.1:5000"
 	@echo "make list    - list the registered components"
 	@echo "make bench   - data-pipeline vs pure-model training throughput (ARGS='hydra overrides')"
+	@echo "make bench-synthetic - student throughput on synthetic log-mel, no dataset (ARGS='--device cuda --batch 256')"
 	@echo "make bench-kd - epoch time of offline / online KD against student-only (ARGS='hydra overrides')"
 
 setup: system-deps $(STAMP)
@@ -61,6 +62,9 @@ check: setup
 
 bench: setup
 	$(PY) -m benchmarks.train_throughput $(ARGS)
+
+bench-synthetic: setup
+	$(PY) -m benchmarks.synthetic $(ARGS)
 
 bench-kd: setup
 	$(PY) -m benchmarks.kd_overhead $(ARGS)

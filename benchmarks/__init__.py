@@ -1,12 +1,19 @@
-"""Measurements (not tests): each module is ``python -m benchmarks.<name> [hydra overrides]``."""
+"""Measurements (not tests): each module is ``python -m benchmarks.<name> [hydra overrides]``
+(``benchmarks.synthetic`` takes its own flags and needs neither Hydra nor a dataset).
+
+Hydra is imported by :func:`bench_config` only, so that the package itself imports on a machine
+with only torch (where ``benchmarks.synthetic`` measures the GPU path).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -14,6 +21,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def bench_config(experiment: str, argv: list[str], steps: int) -> tuple[DictConfig, list[str]]:
     """The composed, validated config of ``experiment`` plus ``argv`` overrides, with epochs cut to
     ``steps`` batches and ``train.threads`` applied; returns it with the override list."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
     from core.config import register_schema, validate
 
     register_schema()

@@ -9,7 +9,9 @@ with a waveform augmentation on, from the waveform cache through waveform augmen
 log-mel), DataLoader workers if ``train.num_workers`` > 0, normalisation, SpecAugment, loss,
 backward, step. Both use the same
 batch shape and are measured in alternating rounds, so machine noise hits both alike. The figure
-tracked is full / pure samples per second (goal >= 0.9).
+tracked is full / pure samples per second (goal >= 0.9). Beside them, the machine (CPU model) and a
+reference figure measured in the same rounds (:mod:`benchmarks.machine`: a bare torchvision step
+that involves no code of this project), so a slow machine can be told from a slow pipeline.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 import torch
 
 from benchmarks import bench_config
+from benchmarks.machine import describe, reference_step
 from core.data import prepare_data
 from core.engine.loop import epoch_batches, train_one_epoch
 from core.engine.model import build_model, model_inputs, normalisation_batches
@@ -68,15 +71,20 @@ def main(argv: list[str]) -> int:
         return sum(map(len, batches)) / (time.perf_counter() - t0)
 
     pure(), full(0)  # warm-up: allocator, worker start-up, first-call costs
-    p, f = [], []
+    p, f, ref = [], [], []
     for r in range(rounds):
+        ref.append(reference_step(device, bs, rounds=1))
         p.append(pure())
         f.append(full(r + 1))
     mp, mf = statistics.median(p), statistics.median(f)
+    print(describe(device))
     print(
         f"config: {' '.join(overrides)}  batch {bs}, {steps} steps x {rounds} rounds, "
         f"{torch.get_num_threads()} threads, num_workers {cfg.train.num_workers}, "
         f"channels_last {cfg.train.channels_last}, training input {train.input_kind}"
+    )
+    print(
+        f"reference step    : {statistics.median(ref):7.1f} samples/s  (bare torchvision MobileNetV3-Small 0.75, fp32)"
     )
     print(f"pure model step   : {mp:7.1f} samples/s  (rounds: {', '.join(f'{x:.1f}' for x in p)})")
     print(f"full pipeline     : {mf:7.1f} samples/s  (rounds: {', '.join(f'{x:.1f}' for x in f)})")

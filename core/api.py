@@ -27,8 +27,9 @@ hook                        kind              contract
 ==========================  ================  =====================================================
 
 Helpers a plugin may call: :func:`check_options` (the one unknown-option check, for options a
-component checks itself), :func:`atomic_path` / :func:`atomic_write_text` (files that never look
-complete half-written), :class:`StageProgress` (a bar on a terminal, log lines elsewhere),
+component checks itself), :func:`atomic_path` / :func:`atomic_write_text` / :func:`temp_file`
+(files that never look complete half-written, with the user's normal permissions),
+:class:`StageProgress` (a bar on a terminal, log lines elsewhere),
 :func:`load_checkpoint` (``torch.load(weights_only=True)`` with errors a user can act on),
 :func:`load_audio` / :func:`fit_length`, the project's :class:`LogMelFrontend`, and
 :func:`build_student` (a registered student network, for plugins that compose one). Errors a user
@@ -69,7 +70,7 @@ from core.registry.contracts import (
     check_options,
 )
 from core.registry.hookspecs import hookimpl
-from core.util.files import atomic_path, atomic_write_text
+from core.util.files import atomic_path, atomic_write_text, temp_file
 from core.util.progress import StageProgress
 
 
@@ -124,4 +125,5 @@ __all__ = [
     "fit_length",
     "load_audio",
     "load_checkpoint",
+    "temp_file",
 ]

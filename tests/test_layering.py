@@ -152,3 +152,45 @@ def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path):
         (tmp_path / name).write_text(text)
     assert upward_imports(tmp_path) == ["core.engine.loop (core.engine) imports core.stages.prune (core.stages)"]
     assert import_cycles(tmp_path) == [["core.engine.loop", "core.stages.prune", "core.engine.loop"]]
+
+
+#: what a machine with only torch (a lent GPU box) lacks: the tracking and config stack
+NOT_ON_A_TORCH_ONLY_MACHINE = ("mlflow", "hydra", "omegaconf")
+
+
+def module_level_closure(start: list[str], root: Path = ROOT) -> dict[str, set[str]]:
+    """Every core module that importing ``start`` runs (their parent packages included), with the
+    third-party top-level names each imports at module level."""
+    paths = {module_name(p, root): p for p in (root / "core").rglob("*.py")}
+    paths.update({module_name(p, root): p for p in (root / "benchmarks").rglob("*.py")})
+    seen: dict[str, set[str]] = {}
+    todo = list(start)
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in paths:
+            continue
+        seen[module] = set()
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+        for name, _, top in imports(paths[module]):
+            if not top:
+                continue
+            if name in paths:
+                todo.append(name)
+            elif name.split(".")[0] not in ("core", "benchmarks"):
+                seen[module].add(name.split(".")[0])
+    return seen
+
+
+def test_the_engine_and_the_synthetic_benchmark_import_without_mlflow_or_hydra():
+    """The engine (Trainer, loop, model, data path) and ``benchmarks.synthetic`` must import on a
+    machine that has only torch and its usual companions, so the GPU path can be measured there."""
+    start = [module_name(p) for p in (ROOT / "core" / "engine").glob("*.py")] + ["benchmarks.synthetic"]
+    closure = module_level_closure(start)
+    assert "core.engine.trainer" in closure and "core.data.logmel" in closure  # the walk follows imports
+    heavy = sorted(
+        f"{m} imports {n}" for m, names in closure.items() for n in names if n in NOT_ON_A_TORCH_ONLY_MACHINE
+    )
+    assert heavy == []
+    # and the walk does see such an import where there is one
+    assert "omegaconf" in module_level_closure(["core.config"])["core.config"]

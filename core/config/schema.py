@@ -149,6 +149,7 @@ class TrainConfig:
     grad_clip: Optional[float] = MISSING
     num_workers: int = MISSING
     cache_logmel: bool = MISSING
+    data_on_device: Optional[bool] = MISSING
     threads: Optional[int] = MISSING
     seed: int = MISSING
     device: str = MISSING

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +33,7 @@ from torch.utils.data import Dataset
 
 from core.audio.io import AudioError, PathLike, fit_length, load_audio
 from core.errors import UserError
-from core.util.files import atomic_write_text
+from core.util.files import atomic_write_text, temp_file
 from core.util.progress import StageProgress
 
 log = logging.getLogger(__name__)
@@ -323,10 +322,7 @@ def _report_skipped(skipped: list[tuple[str, str]], total: int) -> None:
 
 
 def _temp_path(final: Path) -> Path:
-    # Unique per process and call, in the same folder so os.replace stays an atomic rename.
-    fd, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp.npy", dir=final.parent)
-    os.close(fd)
-    return Path(name)
+    return temp_file(final, suffix=".tmp.npy")
 
 
 __all__ = ["WaveformCacheError", "WaveformSet", "build_waveform_cache", "cache_key"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import torch
@@ -69,10 +70,16 @@ class _Batches(torch.utils.data.Dataset):
 def iterate(
     waves: Inputs, batches: Sequence[Sequence[int]], num_workers: int, pin: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(inputs, labels)`` of each batch, read here or prefetched by ``num_workers`` workers."""
-    if num_workers <= 0:
+    """``(inputs, labels)`` of each batch: gathered in device memory when the set lives there
+    (:class:`~core.data.DeviceLogMel`), prefetched by ``num_workers`` workers, or read here. With
+    ``pin`` (a CUDA device) and no workers, the next batch is read into pinned memory on a thread
+    while the current one trains, so its host-to-device copy can run asynchronously."""
+    if getattr(waves, "on_device", False):
         for b in batches:
             yield waves.batch(b)
+        return
+    if num_workers <= 0:
+        yield from (prefetched(waves, batches) if pin else (waves.batch(b) for b in batches))
         return
     loader = torch.utils.data.DataLoader(
         _Batches(waves, batches),
@@ -83,6 +90,24 @@ def iterate(
         prefetch_factor=2,
     )
     yield from loader
+
+
+def prefetched(
+    waves: Inputs, batches: Sequence[Sequence[int]], pin: bool = True
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches in order, each read (and pinned) on a thread one batch ahead of its use."""
+
+    def load(b: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = waves.batch(b)
+        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audiokd-prefetch") as pool:
+        pending = pool.submit(load, batches[0]) if batches else None
+        for i in range(len(batches)):
+            assert pending is not None
+            batch = pending.result()
+            pending = pool.submit(load, batches[i + 1]) if i + 1 < len(batches) else None
+            yield batch
 
 
 def autocast(s: TrainSettings, device: torch.device) -> contextlib.AbstractContextManager[Any]:

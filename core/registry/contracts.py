@@ -203,11 +203,17 @@ class Teacher(nn.Module):
       fitted to the project's classes: distilling from a random head teaches noise, and the engine
       refuses it;
     * with a frozen backbone (:meth:`head_only`) the stage runs ``embed`` once per clip, caches the
-      embeddings and fits only ``head`` on them.
+      embeddings, fits only ``head`` on them and gets every split's logits from them; the stored
+      teacher holds what trained (head, unfrozen blocks, buffers), the frozen part is rebuilt by the
+      factory, so the factory must build the same weights again for the same arguments;
+    * ``source`` says what the weights were loaded from, the default resolved (a hub id, a URL, a
+      file, or :data:`RANDOM_INIT`), for the KD run's params; the cache key is the weights' digest.
     """
 
     head: nn.Linear
     head_trained: Tensor
+    #: what the weights were loaded from (set by the factory; empty: the stage says "as given")
+    source: str = ""
 
     def __init__(self, sample_rate: int, clip_samples: int, feature_dim: int, num_classes: int) -> None:
         super().__init__()

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from core.config import as_dict
-from core.data import DataBundle, build_dataset, prepare_data
+from core.data import DataBundle, build_dataset, place, prepare_data
 from core.engine.checkpoint import CheckpointError
 from core.engine.distributed import pick_device, setup_distributed
 from core.engine.model import AudioClassifier, build_model, load_weights, model_inputs, normalisation_batches
@@ -92,6 +92,7 @@ def run_train(
             print(f"pruning {source.described}")
     elif resume is None:
         model.frontend.fit_normalization_logmel(normalisation_batches(inputs["train"], model.frontend, cfg.train.seed))
+    inputs = place(inputs, device, cfg.train.data_on_device)  # on a GPU, in its memory while it fits
 
     clip_samples = data.splits["train"].clip_samples
     extensions: list[Extension] = []

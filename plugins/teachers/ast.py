@@ -15,6 +15,8 @@ original AST recipe for short inputs) instead of padding every clip to 1024 fram
 from __future__ import annotations
 
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import torchaudio
 from torch import nn
 from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
 
-from core.api import CheckpointError, Component, ConfigValueError, Teacher, hookimpl
+from core.api import RANDOM_INIT, CheckpointError, Component, ConfigValueError, Teacher, hookimpl
 from plugins.teachers.common import check_common, check_positive, fit_time_positions, pick_checkpoint, set_trainable
 
 Tensor = torch.Tensor
@@ -131,9 +133,28 @@ def _hub_offline() -> bool:
     return flag or bool(constants.HF_HUB_OFFLINE)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host takes a TCP connection within ``timeout`` seconds. Without network,
+    ``from_pretrained`` retries every file with back-off before it fails (57 s for AST's feature
+    extractor alone, measured on a machine whose DNS fails at once); this probe fails in
+    milliseconds there. Behind a proxy the hub client is left to try (a direct probe would lie)."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _from_pretrained(cls: Any, checkpoint: str, teacher: str) -> Any:
     """``cls.from_pretrained(checkpoint)`` with failures turned into a :class:`CheckpointError`
-    that says how to use a local copy."""
+    that says how to use a local copy. A hub id is read from the local hub cache when it is there
+    (no network call); otherwise, without network, the error comes at once."""
     local = Path(checkpoint).expanduser()
     looks_local = checkpoint.startswith(("/", ".", "~")) or local.exists()
     if looks_local and not local.is_dir():
@@ -142,10 +163,16 @@ def _from_pretrained(cls: Any, checkpoint: str, teacher: str) -> Any:
             f"Make one with save_pretrained (see below) or give a hub id"
         )
     try:
-        # Offline, skip the hub's retries (about 20 s per file) and go straight to the cache.
-        return cls.from_pretrained(
-            str(local) if looks_local else checkpoint, local_files_only=looks_local or _hub_offline()
-        )
+        if looks_local:
+            return cls.from_pretrained(str(local), local_files_only=True)
+        try:
+            return cls.from_pretrained(checkpoint, local_files_only=True)  # already in the hub cache
+        except (OSError, ValueError):
+            offline = "HF_HUB_OFFLINE is set" if _hub_offline() else None
+            if offline or not _hub_reachable():
+                why = offline or f"{_hub_host()} cannot be reached"
+                raise OSError(f"it is not in the local hub cache and {why}") from None
+        return cls.from_pretrained(checkpoint)
     except (OSError, ValueError) as err:
         raise CheckpointError(
             f"teacher {teacher}: could not load {cls.__name__} from checkpoint {checkpoint!r}: "
@@ -154,6 +181,12 @@ def _from_pretrained(cls: Any, checkpoint: str, teacher: str) -> Any:
             f"  ASTFeatureExtractor.from_pretrained({checkpoint!r}).save_pretrained('DIR')\n"
             f"then copy DIR here and set model.teacher.checkpoint=/path/to/DIR"
         ) from err
+
+
+def _hub_host() -> str:
+    from huggingface_hub import constants
+
+    return urllib.parse.urlparse(constants.ENDPOINT).netloc or constants.ENDPOINT
 
 
 def build_ast(
@@ -204,6 +237,7 @@ def build_ast(
         sample_rate, model_rate, model.config.num_mel_bins, max_length, mean=extractor.mean, std=extractor.std
     )
     teacher = ASTTeacher(model, frontend, sample_rate, round(opts["clip_seconds"] * sample_rate), num_classes)
+    teacher.source = checkpoint if checkpoint is not None else RANDOM_INIT
     set_trainable(
         teacher, teacher.blocks, [teacher.backbone.layernorm, teacher.pre_head_norm], freeze, unfreeze_last_n, name
     )

@@ -19,7 +19,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.api import Component, ConfigValueError, LogMelFrontend, Option, Teacher, build_student, hookimpl
+from core.api import (
+    RANDOM_INIT,
+    Component,
+    ConfigValueError,
+    LogMelFrontend,
+    Option,
+    Teacher,
+    build_student,
+    hookimpl,
+)
 from plugins.teachers.common import (
     check_positive,
     load_state_dict_file,
@@ -122,6 +131,7 @@ def build_cnn(
                 f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); "
                 f"check model.teacher.options (width_mult) and the class count"
             )
+    teacher.source = checkpoint if checkpoint is not None else RANDOM_INIT
     set_trainable(teacher, list(teacher.blocks), [], freeze, unfreeze_last_n, name)
     if freeze and unfreeze_last_n:
         teacher.net.classifier.requires_grad_(True)  # the hidden classifier layer sits after the blocks

@@ -25,7 +25,7 @@ from hear21passt.models import passt as passt_module
 from hear21passt.models.passt import PaSST, get_model
 from torch import nn
 
-from core.api import CheckpointError, Component, Teacher, hookimpl
+from core.api import RANDOM_INIT, CheckpointError, Component, Teacher, hookimpl
 from plugins.teachers.common import (
     check_common,
     check_positive,
@@ -225,6 +225,7 @@ def build_passt(
     if state is not None:
         load_passt_weights(net, state, checkpoint, name)
     teacher = PaSSTTeacher(net, frontend, sample_rate, clip_samples, num_classes)
+    teacher.source = checkpoint if checkpoint is not None else RANDOM_INIT
     set_trainable(
         teacher, teacher.blocks, [teacher.backbone.norm, teacher.pre_head_norm], freeze, unfreeze_last_n, name
     )

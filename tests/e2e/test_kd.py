@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from core.errors import ConfigValueError, UserError
 from core.registry import UnknownComponentError, load_registry
 from core.run import run
 from core.stages.teacher import OfflineTargets, OnlineTargets, TeacherError, prepare_teacher, teacher_logits
+from core.util.files import umask
 
 # A small CNN teacher trained from scratch by the stage: 2 members, 1 epoch each.
 CNN_TEACHER = (
@@ -63,7 +66,8 @@ def test_kd_run_trains_a_teacher_then_distils_and_logs_both(tiny, tmp_path):
     assert teacher_run.data.metrics["val_acc"] == pytest.approx(m["teacher_val_acc"])
     assert [x.step for x in client.get_metric_history(teacher_run.info.run_id, "m1_val_f1")] == [1]
     stored = torch.load(p["teacher_path"], weights_only=True)
-    assert stored["members"] == 2 and bool(stored["state_dict"]["members.0.head_trained"])
+    assert stored["members"] == 2 and bool(stored["trained"]["members.0.head_trained"])
+    assert p["teacher_checkpoint"] == "none"  # no checkpoint: trained from a random initialisation
 
 
 def test_the_trained_teacher_and_its_logits_are_reused(tiny, tmp_path, monkeypatch):
@@ -147,10 +151,11 @@ def test_kd_refuses_a_teacher_whose_head_was_never_trained(tiny, tmp_path):
     assert not list((tmp_path / "outputs").glob("**/last.pt"))
 
 
-def test_frozen_transformer_fits_its_head_on_cached_embeddings(tiny, tmp_path, monkeypatch):
-    """freeze=true: the backbone runs once per clip to embed it (cached), the head trains on the
-    embeddings; another head fit (other lr) reuses them, and only the new teacher's logits run."""
-    from plugins.teachers.ast import ASTTeacher
+def test_frozen_transformer_runs_its_backbone_once_per_clip_and_stores_only_what_trained(tiny, tmp_path, monkeypatch):
+    """freeze=true: the backbone runs exactly once per clip, to embed it (cached); the head trains on
+    the embeddings and every split's logits come from them. teacher.pt holds the head, not the
+    frozen backbone. Another head fit (other lr) runs the backbone on no clip at all."""
+    from plugins.teachers.ast import ASTTeacher, build_ast_tiny
 
     clips = []
     real_embed = ASTTeacher.embed
@@ -167,17 +172,35 @@ def test_frozen_transformer_fits_its_head_on_cached_embeddings(tiny, tmp_path, m
     from core.data import prepare_data
 
     n = {s: len(w) for s, w in prepare_data(cfg, load_registry(), progress=False).splits.items()}
-    # embeddings of train + valid for the head fit, then logits of every split, plus one
-    # single-clip pass per profiler counting the teacher's MACs
+    # each clip once, plus one single-clip pass per profiler counting the teacher's MACs
     profiling = len(cfg.profilers)
-    assert sum(clips) == 2 * n["train"] + 2 * n["valid"] + n["test"] + profiling
+    assert sum(clips) == n["train"] + n["valid"] + n["test"] + profiling
+    params = MlflowClient(cfg.tracking.uri).get_run(first.run_id).data.params
+    stored = torch.load(params["teacher_path"], weights_only=True)
+    # what the stage rebuilds: frozen backbone and all
+    member = build_ast_tiny(len(cfg.data.classes), sample_rate=cfg.aug.sr, clip_seconds=cfg.data.clip_seconds)
+    frozen = {k for k, p in member.named_parameters() if not p.requires_grad}
+    assert set(stored["trained"]) == {f"members.0.{k}" for k in member.state_dict() if k not in frozen}
+    assert {"members.0.head.weight", "members.0.head_trained"} <= set(stored["trained"])
+    stored_numel = sum(t.numel() for t in stored["trained"].values())
+    assert stored_numel < sum(t.numel() for t in member.state_dict().values()) / 100
+    assert stored["frozen"]["weights"] == params["teacher_weights"] and params["teacher_checkpoint"] == "none"
+    assert oct(os.stat(params["teacher_path"]).st_mode & 0o777) == oct(0o666 & ~umask())
+
     clips.clear()
     run(tiny(*base, "model.teacher.lr=3e-3"), tmp_path / "outputs" / "b")
-    assert sum(clips) == n["train"] + n["valid"] + n["test"] + profiling  # embeddings came from the cache
+    assert sum(clips) == profiling  # embeddings, head fit and logits all came from the cache
     t1, t2 = sorted(runs_by_stage(cfg.tracking.uri, "teacher"), key=lambda r: r.info.start_time)
     history = MlflowClient(cfg.tracking.uri).get_metric_history(t2.info.run_id, "m0_val_f1")
     assert [x.step for x in history] == [1, 2, 3]
-    assert MlflowClient(cfg.tracking.uri).get_run(first.run_id).data.params["model.teacher.freeze"] == "True"
+    assert params["model.teacher.freeze"] == "True"
+
+    # a stored head is never paired with another backbone: a teacher.pt whose frozen digest does
+    # not match the rebuilt backbone is trained again (from the cached embeddings), not used
+    stored["frozen"]["digest"] = "0" * 24
+    torch.save(stored, params["teacher_path"])
+    run(cfg, tmp_path / "outputs" / "c")
+    assert len(runs_by_stage(cfg.tracking.uri, "teacher")) == 3 and sum(clips) == 2 * profiling
 
 
 @pytest.mark.parametrize(

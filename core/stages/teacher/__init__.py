@@ -4,7 +4,7 @@
 from core.stages.teacher.ensemble import TeacherEnsemble
 from core.stages.teacher.fit import TeacherError
 from core.stages.teacher.passes import embeddings, group_folds, teacher_logits
-from core.stages.teacher.plan import TeacherPlan, checkpoint_identity, weights_digest
+from core.stages.teacher.plan import TeacherPlan, initial_weights, weights_digest
 from core.stages.teacher.stage import PreparedTeacher, prepare_teacher
 from core.stages.teacher.targets import Distillation, OfflineTargets, OnlineTargets
 
@@ -16,9 +16,9 @@ __all__ = [
     "TeacherEnsemble",
     "TeacherError",
     "TeacherPlan",
-    "checkpoint_identity",
     "embeddings",
     "group_folds",
+    "initial_weights",
     "prepare_teacher",
     "teacher_logits",
     "weights_digest",

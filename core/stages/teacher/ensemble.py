@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from core.registry.contracts import Teacher
+from core.stages.teacher.plan import weights_digest
 
 Tensor = torch.Tensor
 
@@ -32,6 +33,32 @@ class TeacherEnsemble(nn.Module):
     @property
     def head_trained(self) -> Tensor:
         return torch.tensor(all(bool(m.head_trained) for m in self.members))
+
+    def frozen_names(self) -> set[str]:
+        """The state entries training never changes: parameters that do not require grad."""
+        return {n for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+    def trained_state(self) -> dict[str, Tensor]:
+        """What the teacher stage stores: every trainable parameter (the head, unfrozen blocks) and
+        every buffer (BatchNorm statistics, ``head_trained``). The frozen backbone is not stored:
+        it is rebuilt from its checkpoint, and :meth:`frozen_digest` tells that it is the same."""
+        frozen = self.frozen_names()
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+    def frozen_digest(self) -> str:
+        frozen = self.frozen_names()
+        return weights_digest(self, skip=lambda name: name not in frozen)
+
+    def load_trained(self, state: dict[str, Tensor], frozen_digest: str) -> str | None:
+        """Load a :meth:`trained_state` onto this freshly built ensemble; returns why it does not
+        fit (other entries, or a frozen backbone other than the one it was trained on), else None."""
+        frozen = self.frozen_names()
+        if set(state) != set(self.state_dict()) - frozen:
+            return "its stored entries differ from this teacher's trainable ones"
+        if self.frozen_digest() != frozen_digest:
+            return "the rebuilt frozen backbone differs from the one its head was trained on"
+        self.load_state_dict(state, strict=False)
+        return None
 
     def forward(self, wave: Tensor) -> Tensor:
         if len(self.members) == 1:

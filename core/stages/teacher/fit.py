@@ -35,11 +35,11 @@ from core.stages.teacher.passes import (
     embeddings,
     ensemble_logits,
     group_folds,
+    member_logits,
     score_array,
     scores_from_logits,
-    teacher_logits,
 )
-from core.stages.teacher.plan import TeacherPlan, digest
+from core.stages.teacher.plan import TeacherPlan, backbone_key
 from core.tracking import PENDING, Tracker, flatten
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,10 @@ def train_and_store(
     data: DataBundle,
     device: torch.device,
     log_fn: Callable[[str], None],
+    source: str,
 ) -> str | None:
-    """Train every member, score the ensemble, store ``teacher.pt``, log a teacher MLflow run."""
+    """Train every member, score the ensemble, store ``teacher.pt`` (what was trained, not the
+    frozen backbone), log a teacher MLflow run. ``source``: what the weights were loaded from."""
     tracker = Tracker(plan.tracking_uri, plan.experiment, spool=folder / PENDING)
     run_id = tracker.start(run_name=f"teacher-{plan.name}")
     tracker.set_tags({"stage": "teacher", "teacher": plan.name, "dataset": plan.dataset, "teacher_key": key})
@@ -85,11 +87,12 @@ def train_and_store(
         {
             **flatten({"teacher": {k: v for k, v in spec.items() if k != "clips"}}),
             **{f"teacher.clips.{s}": n for s, n in spec["clips"].items()},
+            "teacher.source": source,
         }
     )
     started = time.perf_counter()
     folds = group_folds(data.groups["train"], len(ensemble.members), plan.seed)
-    bs = plan.pass_batch_size
+    bs, backbone = plan.pass_batch_size, backbone_key(spec)
     try:
         for m, member in enumerate(ensemble.teachers):
             seed_everything(plan.seed + m)
@@ -102,21 +105,24 @@ def train_and_store(
                 member.head_trained.fill_(True)
         ensemble.to(device).eval()
         scores = scores_from_logits(
-            {split: ensemble_logits(ensemble, data.splits[split], device, folder, bs) for split in ("valid", "test")},
+            {
+                split: ensemble_logits(ensemble, data.splits[split], device, folder, backbone, bs)
+                for split in ("valid", "test")
+            },
             data,
         )
         if len(ensemble.members) > 1:  # the members' own scores, from the logits cached just above
             for m, member in enumerate(ensemble.teachers):
                 for split, prefix in (("valid", "best_val"), ("test", "test")):
-                    s = score_array(
-                        teacher_logits(member, data.splits[split], device, folder, bs), data.splits[split].labels
-                    )
+                    logits = member_logits(member, data.splits[split], device, folder, backbone, bs)
+                    s = score_array(logits, data.splits[split].labels)
                     scores.update({f"teacher_m{m}_{prefix}_acc": s.acc, f"teacher_m{m}_{prefix}_f1": s.f1})
         scores["teacher_train_time_s"] = time.perf_counter() - started
         scores.update(teacher_costs(plan, registry, ensemble, data.splits["train"].clip_samples, device))
         tracker.log_metrics({k.removeprefix("teacher_"): v for k, v in scores.items()}, step=max(1, plan.epochs))
         state = {
-            "state_dict": ensemble.state_dict(),
+            "trained": ensemble.trained_state(),
+            "frozen": {"digest": ensemble.frozen_digest(), "source": source, "weights": spec["weights"]},
             "spec": spec,
             "scores": scores,
             "run_id": run_id,
@@ -208,9 +214,9 @@ def fit_head_on_embeddings(fitting: Fitting, member: Teacher, keep: np.ndarray, 
     """Frozen backbone: embed every clip once (cached), then fit only ``head`` on the embeddings."""
     plan, data, device, tracker = fitting.plan, fitting.data, fitting.device, fitting.tracker
     # The embeddings depend on the backbone and its input only, not on how the head is trained.
-    backbone = {k: v for k, v in fitting.spec.items() if k not in ("epochs", "lr", "batch_size", "ensemble", "seed")}
+    backbone = backbone_key(fitting.spec)
     emb = {
-        split: embeddings(member, data.splits[split], device, fitting.folder.parent, digest(backbone))
+        split: embeddings(member, data.splits[split], device, fitting.folder.parent, backbone, plan.pass_batch_size)
         for split in ("train", "valid")
     }
     x_train = torch.from_numpy(emb["train"][keep]).to(device)

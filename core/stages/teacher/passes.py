@@ -2,7 +2,8 @@
 
 A cache file's name hashes what its rows depend on: the module's weights and structure (front-end
 settings included) and the clip set, so a changed teacher or clip set gets a new file and an
-unchanged one is never run again.
+unchanged one is never run again. A member with a frozen backbone runs it exactly once per clip,
+to embed it: its logits are its head applied to the cached embeddings (:func:`member_logits`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from core.engine.metrics import Scores, score
 from core.registry.contracts import Teacher
 from core.stages.teacher.ensemble import TeacherEnsemble
-from core.stages.teacher.plan import structure_hash, tensor_bytes, weights_digest
+from core.stages.teacher.plan import is_head, structure_hash, weights_digest
 from core.util.files import atomic_path
 from core.util.progress import StageProgress
 
@@ -75,12 +76,37 @@ def teacher_logits(
     return cached_array(path, len(waves), lambda: run_pass(module, waves, device, batch_size))
 
 
+def member_logits(
+    member: Teacher, waves: Any, device: torch.device, folder: Path, backbone: str, batch_size: int = 64
+) -> np.ndarray:
+    """One member's logits for every clip of ``waves``: a frozen backbone's (:meth:`Teacher.head_only`)
+    are its head applied to the cached embeddings (the backbone never runs again for a clip it has
+    embedded), any other member's come from a full pass, cached (:func:`teacher_logits`).
+
+    Args:
+        folder: the trained teacher's folder; embeddings are cached in its parent (the cache
+            root), shared by every head trained on the same backbone.
+        backbone: what the embeddings depend on besides the weights (:func:`~core.stages.teacher.plan.backbone_key`).
+    """
+    if not member.head_only():
+        return teacher_logits(member, waves, device, folder, batch_size)
+    emb = embeddings(member, waves, device, folder.parent, backbone, batch_size)
+    member.eval()
+    with torch.inference_mode():
+        rows = [
+            member.head(torch.from_numpy(emb[i : i + 4096]).to(device)).float().cpu().numpy()
+            for i in range(0, len(emb), 4096)
+        ]
+    return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, member.num_classes), np.float32)
+
+
 def ensemble_logits(
-    ensemble: TeacherEnsemble, waves: Any, device: torch.device, folder: Path, batch_size: int = 64
+    ensemble: TeacherEnsemble, waves: Any, device: torch.device, folder: Path, backbone: str, batch_size: int = 64
 ) -> np.ndarray:
     """The ensemble's logits (:meth:`TeacherEnsemble.forward`'s log of the mean member probability),
-    combined from each member's cached logits, so member scores and cross-fitting reuse them."""
-    per = [teacher_logits(m, waves, device, folder, batch_size) for m in ensemble.members]
+    combined from each member's logits (:func:`member_logits`), so member scores and cross-fitting
+    reuse them."""
+    per = [member_logits(m, waves, device, folder, backbone, batch_size) for m in ensemble.teachers]
     if len(per) == 1:
         return per[0]
     logp = torch.from_numpy(np.stack(per)).log_softmax(-1)
@@ -88,14 +114,20 @@ def ensemble_logits(
 
 
 def out_of_fold_logits(
-    ensemble: TeacherEnsemble, waves: Any, folds: Any, device: torch.device, folder: Path, batch_size: int = 64
+    ensemble: TeacherEnsemble,
+    waves: Any,
+    folds: Any,
+    device: torch.device,
+    folder: Path,
+    backbone: str,
+    batch_size: int = 64,
 ) -> np.ndarray:
     """Each clip's logits from the member trained without its fold (member m held out fold m)."""
     folds = np.asarray(folds)
     out = None
-    for m, member in enumerate(ensemble.members):
+    for m, member in enumerate(ensemble.teachers):
         rows = np.flatnonzero(folds == m)
-        mine = teacher_logits(member, waves, device, folder, batch_size)
+        mine = member_logits(member, waves, device, folder, backbone, batch_size)
         out = np.empty_like(mine) if out is None else out
         out[rows] = mine[rows]
     assert out is not None
@@ -103,15 +135,11 @@ def out_of_fold_logits(
 
 
 def embeddings(
-    member: Teacher, waves: Any, device: torch.device, folder: Path, backbone_key: str, batch_size: int = 64
+    member: Teacher, waves: Any, device: torch.device, folder: Path, backbone: str, batch_size: int = 64
 ) -> np.ndarray:
-    """``member.embed`` of every clip, cached by (backbone weights, front end, clip set)."""
-    state = {k: v for k, v in member.state_dict().items() if not k.startswith("head.") and k != "head_trained"}
-    h = hashlib.sha256()
-    for name, tensor in state.items():
-        h.update(name.encode())
-        h.update(tensor_bytes(tensor))
-    ident = f"{backbone_key}|{h.hexdigest()}|{structure_hash(member)}|{Path(waves.npy_path).name}"
+    """``member.embed`` of every clip, cached in ``folder/embeddings`` by (``backbone``, the
+    member's weights without its head, its structure, the clip set)."""
+    ident = f"{backbone}|{weights_digest(member, skip=is_head)}|{structure_hash(member)}|{Path(waves.npy_path).name}"
     path = folder / "embeddings" / f"emb-{hashlib.sha256(ident.encode()).hexdigest()[:24]}.npy"
     return cached_array(
         path, len(waves), lambda: run_pass(member, waves, device, batch_size, member.embed, "teacher embeddings")
@@ -146,6 +174,7 @@ __all__ = [
     "embeddings",
     "ensemble_logits",
     "group_folds",
+    "member_logits",
     "out_of_fold_logits",
     "run_pass",
     "score_array",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from core.registry.contracts import Teacher
 from core.tracking import resolve_uri
 
 #: bump when the stage's training changes in a way that invalidates stored teachers
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 @attrs.frozen
@@ -116,12 +117,15 @@ class TeacherPlan:
             clip_seconds=self.clip_seconds,
         )
 
-    def spec(self, data: DataBundle) -> dict[str, Any]:
-        """Everything the trained teacher depends on (hashed into its cache key)."""
+    def spec(self, data: DataBundle, weights: str) -> dict[str, Any]:
+        """Everything the trained teacher depends on (hashed into its cache key). ``weights`` is
+        the digest of the built teacher's weights before training (:func:`initial_weights`): the
+        checkpoint is identified by its content, so a hub id, a URL and a local copy of the same
+        file give the same teacher, and a file replaced under the same name gives another."""
         return {
             "version": STAGE_VERSION,
             "name": self.name,
-            "checkpoint": checkpoint_identity(self.checkpoint),
+            "weights": weights,
             "freeze": self.freeze,
             "unfreeze_last_n": self.unfreeze_last_n,
             "options": {**self.options, "clip_seconds": self.clip_seconds},
@@ -137,19 +141,24 @@ class TeacherPlan:
         }
 
 
-def checkpoint_identity(checkpoint: str | None) -> str:
-    """What ``model.teacher.checkpoint`` refers to: a local file or folder by path, size and
-    modification time (a replaced file changes it), anything else (hub id, URL) by its text."""
-    if checkpoint is None:
-        return "default"
-    p = Path(str(checkpoint)).expanduser()
-    if p.exists():
-        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-        stats = [
-            (str(f.relative_to(p) if p.is_dir() else f.name), f.stat().st_size, f.stat().st_mtime_ns) for f in files
-        ]
-        return f"{p.resolve()}|{stats}"
-    return str(checkpoint)
+#: spec entries that only change how the head (or the unfrozen blocks) is trained
+TRAINING_KEYS = ("epochs", "lr", "batch_size", "ensemble", "seed", "cross_fit")
+
+
+def backbone_key(spec: dict[str, Any]) -> str:
+    """What a frozen backbone's embeddings depend on: the spec without its training settings."""
+    return digest({k: v for k, v in spec.items() if k not in TRAINING_KEYS})
+
+
+def initial_weights(member: nn.Module) -> str:
+    """Digest of a freshly built member's weights, its new random head left out: the content of
+    the checkpoint it loaded (or, for random initialisation, of the seeded draw)."""
+    return weights_digest(member, skip=is_head)
+
+
+def is_head(name: str) -> bool:
+    """A member's head entries (``head.*`` and ``head_trained``)."""
+    return name.startswith("head.") or name == "head_trained"
 
 
 def digest(obj: Any) -> str:
@@ -168,10 +177,13 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def weights_digest(module: nn.Module) -> str:
-    """Hash of every tensor in ``module.state_dict()`` (names, shapes, dtypes and bytes)."""
+def weights_digest(module: nn.Module, skip: Callable[[str], bool] = lambda _: False) -> str:
+    """Hash of every tensor in ``module.state_dict()`` (names, shapes, dtypes and bytes) whose name
+    ``skip`` does not reject."""
     h = hashlib.sha256()
     for name, tensor in module.state_dict().items():
+        if skip(name):
+            continue
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}\n".encode())
         h.update(tensor_bytes(t))
@@ -181,8 +193,11 @@ def weights_digest(module: nn.Module) -> str:
 __all__ = [
     "STAGE_VERSION",
     "TeacherPlan",
-    "checkpoint_identity",
+    "TRAINING_KEYS",
+    "backbone_key",
     "digest",
+    "initial_weights",
+    "is_head",
     "structure_hash",
     "tensor_bytes",
     "weights_digest",

@@ -28,7 +28,7 @@ from core.registry.contracts import Teacher
 from core.stages.teacher.ensemble import TeacherEnsemble
 from core.stages.teacher.fit import TeacherError, train_and_store
 from core.stages.teacher.passes import ensemble_logits, out_of_fold_logits, score_array, scores_from_logits
-from core.stages.teacher.plan import TeacherPlan, digest
+from core.stages.teacher.plan import TeacherPlan, backbone_key, digest, initial_weights
 from core.stages.teacher.targets import OfflineTargets, OnlineTargets
 
 
@@ -43,6 +43,8 @@ class PreparedTeacher:
         scores: ``teacher_{val,test}_{acc,f1}`` of the (ensemble) teacher.
         logits: per split, the teacher's logits ``[N, K]`` (float32), from the on-disk cache.
         run_id: the MLflow run that trained it (``None`` if it was trained without tracking).
+        source: what its weights were loaded from (the teacher's default filled in).
+        weights: the digest of its weights before training (the checkpoint's content).
     """
 
     module: TeacherEnsemble
@@ -52,6 +54,8 @@ class PreparedTeacher:
     scores: dict[str, float]
     logits: dict[str, np.ndarray]
     run_id: str | None
+    source: str
+    weights: str
 
     def targets(self, mode: str, train_waves: Any, device: torch.device) -> OfflineTargets | OnlineTargets:
         if mode == "offline":
@@ -96,24 +100,24 @@ def _prepare(
     train: bool,
     log_fn: Callable[[str], None],
 ) -> PreparedTeacher:
-    spec = plan.spec(data)
-    key = digest(spec)
-    folder = plan.cache_root / f"{plan.name}-{key}"
-    path = folder / "teacher.pt"
     members = [plan.build_member(registry, data.num_classes) for _ in range(plan.ensemble)]
     for m in members:
         check_member(m, plan.name, data.num_classes)
     ensemble = TeacherEnsemble(members)
+    source = members[0].source or (f"{plan.checkpoint} (as given)" if plan.checkpoint else "the teacher's default")
+    spec = plan.spec(data, weights=initial_weights(members[0]))
+    key = digest(spec)
+    folder = plan.cache_root / f"{plan.name}-{key}"
+    path = folder / "teacher.pt"
 
-    stored = checkpoint.load(path) if path.is_file() else None
+    stored = load_stored(path, ensemble, plan.name, log_fn)
     if stored is not None:
-        ensemble.load_state_dict(stored["state_dict"])
         run_id, scores = stored.get("run_id"), dict(stored.get("scores", {}))
         log_fn(f"teacher {plan.name}: reusing the trained teacher {path}")
     elif not train:
         raise TeacherError(f"teacher {plan.name}: no trained teacher at {path} (rank 0 should have made it)")
     else:
-        run_id = train_and_store(plan, registry, ensemble, spec, key, folder, data, device, log_fn)
+        run_id = train_and_store(plan, registry, ensemble, spec, key, folder, data, device, log_fn, source)
         stored = checkpoint.load(path)
         scores = dict(stored["scores"])
 
@@ -125,14 +129,16 @@ def _prepare(
             f"Let the teacher stage fit it (model.teacher.epochs > 0; it is {plan.epochs}) or point "
             f"model.teacher.checkpoint at a teacher trained on these classes"
         )
-    bs = plan.pass_batch_size
+    bs, backbone = plan.pass_batch_size, backbone_key(spec)
     logits = {
-        split: ensemble_logits(ensemble, waves, device, folder, bs)
+        split: ensemble_logits(ensemble, waves, device, folder, backbone, bs)
         for split, waves in data.splits.items()
         if not (split == "train" and plan.cross_fit)
     }
     if plan.cross_fit:
-        logits["train"] = out_of_fold_logits(ensemble, data.splits["train"], stored["folds"], device, folder, bs)
+        logits["train"] = out_of_fold_logits(
+            ensemble, data.splits["train"], stored["folds"], device, folder, backbone, bs
+        )
     if not scores:  # a stored teacher trained without the stage's scores (e.g. epochs=0 + checkpoint)
         scores = scores_from_logits(logits, data)
     scores.setdefault("teacher_params", sum(p.numel() for p in ensemble.parameters()))
@@ -141,8 +147,36 @@ def _prepare(
     # instruments instead.
     scores["teacher_train_acc"] = score_array(logits["train"], data.splits["train"].labels).acc
     return PreparedTeacher(
-        module=ensemble, name=plan.name, key=key, path=path, scores=scores, logits=logits, run_id=run_id
+        module=ensemble,
+        name=plan.name,
+        key=key,
+        path=path,
+        scores=scores,
+        logits=logits,
+        run_id=run_id,
+        source=source,
+        weights=spec["weights"],
     )
+
+
+def load_stored(
+    path: Path, ensemble: TeacherEnsemble, name: str, log_fn: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """The stored teacher at ``path`` loaded onto ``ensemble`` (its ``teacher.pt`` as a dict), or
+    None when there is none or it does not fit this teacher (said, and trained again)."""
+    if not path.is_file():
+        return None
+    stored = checkpoint.load(path)
+    trained, frozen = stored.get("trained"), stored.get("frozen")
+    why = (
+        "it was written by an earlier version of the stage"
+        if not isinstance(trained, dict) or not isinstance(frozen, dict)
+        else ensemble.load_trained(trained, str(frozen.get("digest")))
+    )
+    if why is None:
+        return stored
+    log_fn(f"teacher {name}: not reusing {path}: {why}; training it again")
+    return None
 
 
 def check_member(member: nn.Module, name: str, num_classes: int) -> None:

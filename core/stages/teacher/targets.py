@@ -58,7 +58,13 @@ class Distillation(Extension):
             return
         t = self.teacher
         trainer.tracker.log_params(
-            {"teacher_key": t.key, "teacher_path": str(t.path), "teacher_run_id": t.run_id or ""}
+            {
+                "teacher_key": t.key,
+                "teacher_path": str(t.path),
+                "teacher_run_id": t.run_id or "",
+                "teacher_checkpoint": t.source,  # resolved: the default's hub id or URL, not "None"
+                "teacher_weights": t.weights,  # the checkpoint's content, as a digest
+            }
         )
         trainer.tracker.log_metrics({k: v for k, v in t.scores.items() if k.startswith("teacher_")}, step=0)
         trainer.tracker.set_tags({"stage": "kd", "teacher": t.name, "kd_mode": self.mode})

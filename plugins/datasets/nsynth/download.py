@@ -12,7 +12,6 @@ import math
 import os
 import re
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -22,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from core.api import StageProgress, UserError, atomic_write_text
+from core.api import StageProgress, UserError, atomic_write_text, temp_file
 from plugins.datasets.common.families import FAMILIES, resolve_classes
 from plugins.datasets.common.layout import SPLITS, DatasetError, canonical_split, entry_problem, json_type, split_dir
 from plugins.datasets.nsynth.options import (
@@ -500,9 +499,9 @@ class _ArchiveBytes:
 # --- one split --------------------------------------------------------------------------------
 def _write_atomic(src: IO[bytes], size: int, dest: Path, what: str) -> None:
     """Copy ``size`` bytes to ``dest`` via a temp file in the same folder + rename."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = temp_file(dest)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             copied = 0
             while chunk := src.read(_CHUNK):
                 out.write(chunk)

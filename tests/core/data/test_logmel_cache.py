@@ -83,3 +83,37 @@ def test_model_inputs_choice(compose, waves, cache_logmel, noise, train_kind, ev
     assert inputs["train"].input_kind == train_kind
     assert inputs["valid"].input_kind == inputs["test"].input_kind == eval_kind
     assert isinstance(inputs["valid"], LogMelSet) == (eval_kind == "logmel")
+
+
+def test_a_log_mel_set_in_device_memory_gives_the_memmaps_batches(waves, tmp_path):
+    from benchmarks.synthetic import synthetic_logmel
+    from core.data import DeviceLogMel, on_device, place
+
+    cached = synthetic_logmel(tmp_path, clips=12, n_mels=16, frames=21, classes=3)
+    cpu = torch.device("cpu")
+    held = on_device(cached, cpu, True)
+    assert isinstance(held, DeviceLogMel) and held.mels.dtype == torch.float16 and len(held) == 12
+    for idx in ([3, 0, 11], [5], list(range(12))):
+        x, y = held.batch(idx)
+        x0, y0 = cached.batch(idx)
+        assert torch.equal(x, x0) and x.dtype == torch.float32 and torch.equal(y, y0)
+    # auto (None) keeps host memory off a GPU; false never moves; waveforms never move
+    assert on_device(cached, cpu, None) is cached and on_device(cached, cpu, False) is cached
+    assert on_device(waves, cpu, True) is waves
+    placed = place({"train": cached, "valid": waves}, cpu, True)
+    assert isinstance(placed["train"], DeviceLogMel) and placed["valid"] is waves
+
+
+def test_on_a_gpu_auto_moves_what_fits_and_true_refuses_what_does_not(tmp_path):
+    """The budget decides before any device memory is touched (so this runs without a GPU)."""
+    from benchmarks.synthetic import synthetic_logmel
+    from core.data import on_device
+    from core.errors import UserError
+
+    cached = synthetic_logmel(tmp_path, clips=12, n_mels=16, frames=21, classes=3)
+    need = 12 * 16 * 21 * 2 + 12 * 8
+    gpu = torch.device("cuda")
+    budget = [need - 1]
+    assert on_device(cached, gpu, None, budget) is cached and budget == [need - 1]  # too big: stays on the host
+    with pytest.raises(UserError, match=r"train.data_on_device=true: .*needs 0.00 GB.*set train.data_on_device=null"):
+        on_device(cached, gpu, True, budget)

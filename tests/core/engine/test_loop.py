@@ -83,3 +83,60 @@ def test_settings_read_the_config_once_and_derive_the_eval_batch_size():
     teacher = settings(batch_size=16, lr=1e-3, epochs=6)  # the teacher stage's own values
     assert (teacher.batch_size, teacher.eval_batch_size, teacher.lr, teacher.epochs) == (16, 32, 1e-3, 6)
     assert TrainSettings.from_config(OmegaConf.merge(TRAIN, {"eval_batch_size": 7})).eval_batch_size == 7
+
+
+def test_training_from_device_memory_equals_training_from_the_memmap(tmp_path, monkeypatch):
+    """Same model, same batches: an epoch fed from a :class:`DeviceLogMel` ends with exactly the
+    weights and metrics of one fed from the float16 memmap (and with a prefetching reader too)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from benchmarks.synthetic import synthetic_logmel
+    from core.audio.frontend import LogMelFrontend
+    from core.data import on_device
+    from core.engine import loop
+    from core.engine.model import AudioClassifier
+
+    cached = synthetic_logmel(tmp_path, clips=40, n_mels=128, frames=101, classes=3)
+    cpu = torch.device("cpu")
+    s = settings(batch_size=8, channels_last=False)
+    batches = epoch_batches(len(cached), s.batch_size, seed=0, epoch=0)
+    aug = OmegaConf.load(CONFIGS / "aug.yaml")
+
+    def one_epoch(inputs, reader=None):
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, stride=4),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        )
+        model = AudioClassifier(LogMelFrontend.from_config(aug), net)
+        model.frontend.fit_normalization_logmel([cached.batch(range(40))[0]])
+        opt = build_optimizer(s, model.parameters())
+        sched = build_scheduler(s, opt, len(batches))
+        ce = lambda logits, target: {"total": F.cross_entropy(logits, target)}  # noqa: E731
+        with monkeypatch.context() as patch:
+            if reader is not None:
+                patch.setattr(loop, "iterate", reader)
+            metrics = loop.train_one_epoch(model, ce, inputs, batches, opt, sched, None, s, cpu, 0)
+        return metrics, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    memmap = one_epoch(cached)
+    device = one_epoch(on_device(cached, cpu, True))
+    ahead = one_epoch(cached, reader=lambda waves, b, workers, pin: loop.prefetched(waves, b, pin=False))
+    for other in (device, ahead):
+        assert other[0] == memmap[0] and torch.equal(other[1], memmap[1])
+
+
+def test_the_prefetching_reader_yields_every_batch_in_order(tmp_path):
+    from benchmarks.synthetic import synthetic_logmel
+    from core.engine.loop import prefetched
+
+    cached = synthetic_logmel(tmp_path, clips=20, n_mels=8, frames=5, classes=2)
+    batches = [[3, 1], [0], [19, 2, 7], []][:3]
+    got = list(prefetched(cached, batches, pin=False))
+    assert len(got) == 3 and all(torch.equal(g[0], cached.batch(b)[0]) for g, b in zip(got, batches))
+    assert list(prefetched(cached, [], pin=False)) == []

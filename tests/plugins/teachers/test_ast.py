@@ -213,3 +213,48 @@ def test_kaldi_frame_count() -> None:
     assert KaldiFbank.num_frames(CLIP, SR) == 398
     assert KaldiFbank.num_frames(399, SR) == 0
     assert KaldiFbank.num_frames(10 * SR, SR) == 998
+
+
+def test_a_hub_id_without_network_fails_at_once_with_the_local_copy_recipe(monkeypatch, tmp_path) -> None:
+    """No HF_HUB_OFFLINE and a hub that does not answer (a closed port on 127.0.0.1, as a machine
+    without network sees huggingface.co): the hub client's retries took 57 s here; the probe fails
+    at once."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
+    started = time.perf_counter()
+    with pytest.raises(UserError) as info:
+        build_ast_base(5, checkpoint="audiokd-tests/no-such-ast")
+    assert time.perf_counter() - started < 10
+    message = str(info.value)
+    assert f"127.0.0.1:{port} cannot be reached" in message and "not in the local hub cache" in message
+    assert "save_pretrained" in message and "model.teacher.checkpoint=/path/to/DIR" in message
+
+
+def test_a_hub_id_in_the_local_hub_cache_loads_without_network(monkeypatch, tmp_path) -> None:
+    """A model the hub client cached earlier is read from the cache, with no network call."""
+    from huggingface_hub import constants
+
+    from plugins.teachers import ast as ast_plugin
+
+    repo = tmp_path / "hub" / "models--audiokd-tests--cached-ast"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    ASTForAudioClassification(ASTConfig(**AST_TINY)).save_pretrained(snapshot)
+    ASTFeatureExtractor().save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(ast_plugin, "_hub_reachable", lambda: pytest.fail("the cache should have answered"))
+    teacher = build_ast_base(5, checkpoint="audiokd-tests/cached-ast")
+    assert teacher.source == "audiokd-tests/cached-ast" and len(teacher.blocks) == AST_TINY["num_hidden_layers"]

@@ -69,6 +69,40 @@ def test_kd_ast_distils_from_a_save_pretrained_folder(kd, tmp_path):
     ASTFeatureExtractor(max_length=1024).save_pretrained(folder)
     result, cfg = kd("kd_ast", "model.teacher.name=ast_tiny", f"model.teacher.checkpoint={folder}")
     check(cfg, result, "ast_tiny", str(folder))
+    assert params(cfg, result)["teacher_checkpoint"] == str(folder)
+
+
+def test_a_teacher_checkpoint_is_known_by_its_content_and_the_default_is_logged_resolved(kd, tmp_path, monkeypatch):
+    """The same weights under another path are the same teacher (trained once); other weights under
+    the same path are another; a KD run without model.teacher.checkpoint logs the default it used."""
+    from plugins.teachers import ast as ast_plugin
+
+    def save(folder, seed):
+        torch.manual_seed(seed)
+        ASTForAudioClassification(ASTConfig(**AST_TINY, max_length=1024, num_labels=5)).save_pretrained(folder)
+        ASTFeatureExtractor(max_length=1024).save_pretrained(folder)
+
+    save(tmp_path / "a", seed=0)
+    save(tmp_path / "copy", seed=0)  # the same bytes, elsewhere
+    monkeypatch.setattr(ast_plugin, "AST_BASE_CHECKPOINT", str(tmp_path / "a"))  # as if the hub default
+    first, cfg = kd("kd_ast", "model.teacher.name=ast_base")
+    p = params(cfg, first)
+    assert p["model.teacher.checkpoint"] == "None" and p["teacher_checkpoint"] == str(tmp_path / "a")
+    copy, _ = kd("kd_ast", "model.teacher.name=ast_base", f"model.teacher.checkpoint={tmp_path / 'copy'}")
+    assert params(cfg, copy)["teacher_key"] == p["teacher_key"] and teacher_runs(cfg) == 1  # reused
+    save(tmp_path / "copy", seed=1)  # other weights, same path
+    other, _ = kd("kd_ast", "model.teacher.name=ast_base", f"model.teacher.checkpoint={tmp_path / 'copy'}")
+    assert params(cfg, other)["teacher_weights"] != p["teacher_weights"] and teacher_runs(cfg) == 2
+
+
+def params(cfg, result) -> dict[str, str]:
+    return MlflowClient(cfg.tracking.uri).get_run(result.run_id).data.params
+
+
+def teacher_runs(cfg) -> int:
+    client = MlflowClient(cfg.tracking.uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return len(client.search_runs(exps, filter_string="tags.stage = 'teacher'"))
 
 
 def test_spec_overrides_compose(compose):
