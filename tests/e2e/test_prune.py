@@ -16,7 +16,7 @@ from core.engine.state import TrainState
 from core.engine.structure import describe
 from core.registry import UnknownComponentError, load_registry
 from core.run import run
-from core.stages.export import ExportError, check_parity, export_onnx, student_from_state
+from core.stages.export import ExportError, check_deployment, check_parity, export_onnx, student_from_state
 from core.stages.prune import PruneError
 from core.tasks.pareto import pareto_front
 from tests.e2e.test_compare_profile import CNN_TEACHER
@@ -145,6 +145,8 @@ def test_onnx_export_matches_pytorch_on_real_clips_and_a_mismatch_is_caught(tiny
     (row,) = rows
     assert row["max_abs_diff"] <= 1e-4 and row["argmax_agree"] == 1.0
     assert row["latency_torch_ms"] > 0 and row["latency_onnx_ms"] > 0 and row["latency_onnx_net_ms"] > 0
+    # the deployment form: numpy front end (core/audio/host.py) + the network graph, checked and timed
+    assert row["deploy_max_abs_diff"] <= 1e-4 and row["deploy_argmax_agree"] == 1.0 and row["latency_deploy_ms"] > 0
     import onnx
 
     graph = onnx.load(row["onnx"])
@@ -158,6 +160,14 @@ def test_onnx_export_matches_pytorch_on_real_clips_and_a_mismatch_is_caught(tiny
         model.net.classifier[-1].bias += 0.01
     with pytest.raises(ExportError, match="differs from PyTorch"):
         check_parity(model, row["onnx"], clips)
+    check_deployment(
+        student_from_state(load_registry(), TrainState.load(trained.run_dir / "checkpoints" / "best.pt")),
+        row["net_onnx"],
+        row["frontend"],
+        clips,
+    )
+    with pytest.raises(ExportError, match="numpy front end and onnxruntime differ"):
+        check_deployment(model, row["net_onnx"], row["frontend"], clips)
 
 
 def test_export_refuses_a_missing_source(tiny, tmp_path):

@@ -14,8 +14,9 @@ from tests.conftest import sqlite_store
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _sweep(tmp_path: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
+def _command(tmp_path: Path, data_root: Path, *overrides: str, epochs: int = 1) -> list[str]:
+    """``python -m core.run -m experiment=tiny ...`` on this test's outputs and store."""
+    return [
         sys.executable,
         "-m",
         "core.run",
@@ -24,12 +25,20 @@ def _sweep(tmp_path: Path, data_root: Path, *overrides: str) -> subprocess.Compl
         f"data.root={data_root}",
         f"train.out_dir={tmp_path / 'outputs'}",
         f"tracking.uri={sqlite_store(tmp_path / 'mlflow.db')}",
-        "train.epochs=1",
+        f"train.epochs={epochs}",
         "train.threads=1",
         *overrides,
     ]
+
+
+def _sweep(tmp_path: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=900, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        _command(tmp_path, data_root, *overrides),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
 
@@ -80,19 +89,7 @@ def test_a_sweep_killed_mid_job_is_continued_by_the_same_command(tmp_path, data_
     second in its own run, and finishes the same parent run."""
     import signal
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "core.run",
-        "-m",
-        "experiment=tiny",
-        f"data.root={data_root}",
-        f"train.out_dir={tmp_path / 'outputs'}",
-        f"tracking.uri={sqlite_store(tmp_path / 'mlflow.db')}",
-        "train.epochs=2",
-        "train.threads=1",
-        "train.seed=0,1",
-    ]
+    cmd = _command(tmp_path, data_root, "train.seed=0,1", epochs=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     victim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
     seen = []

@@ -371,3 +371,24 @@ def test_runs_on_cuda():
     fe.fit_normalization([x])
     out = fe.train()(aug(x))
     assert out.is_cuda and out.shape == (4, 1, 128, 101)
+
+
+@pytest.mark.parametrize("win_length", [None, 800])
+def test_the_numpy_host_front_end_computes_the_training_features(tmp_path, win_length):
+    """What a deployed model is fed (core/audio/host.py, numpy only, from <model>.frontend.npz)
+    equals LogMelFrontend in eval mode, normalisation included, on clips of several lengths."""
+    from core.audio.host import HostLogMel
+    from core.stages.export import save_host_frontend
+
+    fe = LogMelFrontend(sr=16000, n_fft=1024, win_length=win_length, hop=160, n_mels=64, fmin=20, fmax=8000)
+    g = torch.Generator().manual_seed(0)
+    fe.fit_normalization([0.1 * torch.randn(4, 16000, generator=g)]).eval()
+    host = HostLogMel.load(save_host_frontend(fe, tmp_path / "student.frontend.npz"))
+    for samples in (16000, 12345, 64000):
+        wave = 0.2 * torch.randn(1, samples, generator=g)
+        ref = fe(wave).numpy()
+        out = host(wave.numpy())
+        assert out.shape == ref.shape == (1, 1, 64, 1 + samples // 160) and out.dtype == np.float32
+        assert np.abs(out - ref).max() < 1e-4
+    silent = host(np.zeros(16000, np.float32))  # the log floor, then normalised, as in training
+    assert np.allclose(silent, fe(torch.zeros(1, 16000)).numpy(), atol=1e-4)
