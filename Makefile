@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed-$(shell printf '%s' '$(TORCH_INDEX)' | md5sum | cut 
 export UV_PYTHON_DOWNLOADS := never
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: help setup system-deps demo test check bench bench-synthetic bench-kd doctor ui list clean
+.PHONY: help setup system-deps demo test check bench bench-synthetic bench-deploy bench-kd doctor ui list clean
 
 help:
 	@echo "make demo    - set up, then run the end-to-end demo on the built-in GMNotes dataset"
@@ -28,6 +28,7 @@ help:
 	@echo "make list    - list the registered components"
 	@echo "make bench   - data-pipeline vs pure-model training throughput (ARGS='hydra overrides')"
 	@echo "make bench-synthetic - student throughput on synthetic log-mel, no dataset (ARGS='--device cuda --batch 256')"
+	@echo "make bench-deploy - per-clip latency of the deployment forms (whole ONNX graph vs numpy front end + network)"
 	@echo "make bench-kd - epoch time of offline / online KD against student-only (ARGS='hydra overrides')"
 
 setup: system-deps $(STAMP)
@@ -65,6 +66,9 @@ bench: setup
 
 bench-synthetic: setup
 	$(PY) -m benchmarks.synthetic $(ARGS)
+
+bench-deploy: setup
+	$(PY) -m benchmarks.deployment $(ARGS)
 
 bench-kd: setup
 	$(PY) -m benchmarks.kd_overhead $(ARGS)
