@@ -65,12 +65,14 @@ FluidR3_GM and 0.989 on TimGM6mb (10th percentiles 0.982 and 0.965). They differ
 libfluidsynth applies SoundFont 2.01's default velocity-to-attenuation curve (16.2 dB from
 velocity 50 to 127, what the spec's 960 cB concave curve gives), tinysoundfont scales amplitude
 linearly (8.1 dB = 20 log10(127/50)); and tinysoundfont is ~25 dB too quiet on MuseScore_General's
-piano (shared/MEASURED.md). Both clear the 100 notes/s target (the full default render, 7,809 notes
-or 1 GB, took 24-44 s in one process, 180-320 notes/s with WAV and JSON depending on the other jobs
-on the two cores, and 13 s with ``num_workers=2``), so libfluidsynth wins on fidelity and on
-packaging: pyfluidsynth is already a dependency, while tinysoundfont's declared ``pyaudio``
-dependency does not build, so depending on it would break ``uv sync``. pyfluidsynth does not wrap
-float output or lending a loaded SoundFont to a second synth, so those calls are bound with ctypes.
+piano (rendering the same notes with both on this kind of 2-core machine: on FluidR3_GM and TimGM6mb
+their spectra correlate 0.93-0.94, on MuseScore_General the piano comes out ~25 dB quieter).
+Both clear the 100 notes/s target (the full default render, 7,809 notes or 1 GB, took 24-44 s in one
+process, 180-320 notes/s with WAV and JSON depending on the other jobs on the two cores, and 13 s
+with ``num_workers=2``), so libfluidsynth wins on fidelity and on packaging: pyfluidsynth is already
+a dependency, while tinysoundfont's declared ``pyaudio`` dependency does not build, so depending on
+it would break ``uv sync``. pyfluidsynth does not wrap float output or lending a loaded SoundFont to
+a second synth, so those calls are bound with ctypes.
 
 Determinism. libfluidsynth reuses voice objects and a reused voice carries some state into the
 next note: the first note on a synth differed from later renders of the same note by up to 6 % of
