@@ -129,7 +129,8 @@ def main(argv: list[str]) -> int:
     sched = build_scheduler(settings, opt, 10_000)
     with tempfile.TemporaryDirectory(prefix="audiokd-synthetic-") as tmp:
         cached = synthetic_logmel(Path(tmp), args.clips, frontend.n_mels, frontend.num_frames(16000 * 4), args.classes)
-        inputs = on_device(cached, device, args.data_on_device)
+        mode = {"auto": None, "true": True, "false": False}[args.data_on_device]  # as train.data_on_device
+        inputs = on_device(cached, device, mode)
         frontend.fit_normalization_logmel(iter([cached.batch(range(min(len(cached), 512)))[0]]))
         x, target = inputs.batch(list(range(bs)))
         model.eval()

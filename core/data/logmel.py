@@ -97,40 +97,46 @@ class DeviceLogMel:
 DEVICE_FRACTION = 0.5
 
 
-def on_device(inputs: Any, device: torch.device, mode: bool | str | None, budget: list[int] | None = None) -> Any:
+def device_budget(device: torch.device) -> list[int] | None:
+    """Bytes of ``device`` memory a run's splits may take together (:data:`DEVICE_FRACTION` of a
+    GPU's free memory now, as a one-element list that :func:`on_device` consumes); None off a GPU."""
+    return [int(torch.cuda.mem_get_info(device)[0] * DEVICE_FRACTION)] if device.type == "cuda" else None
+
+
+def on_device(inputs: Any, device: torch.device, mode: bool | None, budget: list[int] | None = None) -> Any:
     """``inputs`` held in ``device`` memory (:class:`DeviceLogMel`) or as they are.
 
     Args:
-        mode: ``True`` always (a RAM copy on CPU; on a GPU it must fit), ``False`` never,
-            ``None`` / ``"auto"``: on CUDA when it fits in what is left of ``budget``.
-        budget: bytes still free for data on the device, shared by a run's splits (consumed here);
-            ``None``: :data:`DEVICE_FRACTION` of the device's free memory now.
+        mode: ``train.data_on_device``: ``True`` always (a RAM copy on CPU; on a GPU it must fit),
+            ``False`` never, ``None`` (auto): on CUDA when it fits in what is left of ``budget``.
+        budget: from :func:`device_budget`, shared by a run's splits (consumed here); ``None``:
+            a new one for this set alone.
 
     Only cached log-mel moves (waveforms read for waveform augmentation stay on the host).
     """
-    if mode in (False, "false") or not isinstance(inputs, LogMelSet):
+    if mode is False or not isinstance(inputs, LogMelSet):
         return inputs
+    if device.type != "cuda":
+        return DeviceLogMel(inputs, device) if mode else inputs
+    budget = budget if budget is not None else device_budget(device)
+    assert budget is not None
     need = int(np.prod(inputs.mels.shape)) * 2 + len(inputs) * 8
-    if device.type == "cuda":
-        if budget is None:
-            budget = [int(torch.cuda.mem_get_info(device)[0] * DEVICE_FRACTION)]
-        if need > budget[0]:
-            if mode in (True, "true"):
-                raise UserError(
-                    f"train.data_on_device=true: the log-mel cache {inputs.npy_path.name} needs "
-                    f"{need / 1e9:.2f} GB and {device} has {budget[0] / 1e9:.2f} GB left for data; "
-                    f"set train.data_on_device=null (auto: on the device while it fits) or false"
-                )
-            return inputs
-        budget[0] -= need
-        return DeviceLogMel(inputs, device)
-    return DeviceLogMel(inputs, device) if mode in (True, "true") else inputs
+    if need > budget[0]:
+        if mode:
+            raise UserError(
+                f"train.data_on_device=true: the log-mel cache {inputs.npy_path.name} needs "
+                f"{need / 1e9:.2f} GB and {device} has {budget[0] / 1e9:.2f} GB left for data; "
+                f"set train.data_on_device=null (auto: on the device while it fits) or false"
+            )
+        return inputs
+    budget[0] -= need
+    return DeviceLogMel(inputs, device)
 
 
-def place(inputs: dict[str, Any], device: torch.device, mode: bool | str | None) -> dict[str, Any]:
-    """Every split's inputs through :func:`on_device`, training split first, sharing one budget of
-    device memory; logs where they ended up."""
-    budget = [int(torch.cuda.mem_get_info(device)[0] * DEVICE_FRACTION)] if device.type == "cuda" else None
+def place(inputs: dict[str, Any], device: torch.device, mode: bool | None) -> dict[str, Any]:
+    """Every split's inputs through :func:`on_device`, training split first, sharing one
+    :func:`device_budget`; logs where they ended up."""
+    budget = device_budget(device)
     order = sorted(inputs, key=lambda split: split != "train")
     placed = {split: on_device(inputs[split], device, mode, budget) for split in order}
     moved = [split for split in order if isinstance(placed[split], DeviceLogMel)]
@@ -166,4 +172,4 @@ def build_logmel_cache(waves: Any, frontend: LogMelFrontend, batch_size: int = 6
     return LogMelSet(final, waves)
 
 
-__all__ = ["DEVICE_FRACTION", "DeviceLogMel", "LogMelSet", "build_logmel_cache", "on_device", "place"]
+__all__ = ["DEVICE_FRACTION", "DeviceLogMel", "LogMelSet", "build_logmel_cache", "device_budget", "on_device", "place"]

@@ -138,11 +138,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     ``from_pretrained`` retries every file with back-off before it fails (57 s for AST's feature
     extractor alone, measured on a machine whose DNS fails at once); this probe fails in
     milliseconds there. Behind a proxy the hub client is left to try (a direct probe would lie)."""
-    from huggingface_hub import constants
-
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
         return True
-    url = urllib.parse.urlparse(constants.ENDPOINT)
+    url = _hub_endpoint()
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "", port), timeout=timeout):
@@ -170,7 +168,7 @@ def _from_pretrained(cls: Any, checkpoint: str, teacher: str) -> Any:
         except (OSError, ValueError):
             offline = "HF_HUB_OFFLINE is set" if _hub_offline() else None
             if offline or not _hub_reachable():
-                why = offline or f"{_hub_host()} cannot be reached"
+                why = offline or f"{_hub_endpoint().netloc} cannot be reached"
                 raise OSError(f"it is not in the local hub cache and {why}") from None
         return cls.from_pretrained(checkpoint)
     except (OSError, ValueError) as err:
@@ -183,10 +181,11 @@ def _from_pretrained(cls: Any, checkpoint: str, teacher: str) -> Any:
         ) from err
 
 
-def _hub_host() -> str:
+def _hub_endpoint() -> urllib.parse.ParseResult:
+    """The hub's address as the hub client reads it (``HF_ENDPOINT``, at call time)."""
     from huggingface_hub import constants
 
-    return urllib.parse.urlparse(constants.ENDPOINT).netloc or constants.ENDPOINT
+    return urllib.parse.urlparse(constants.ENDPOINT)
 
 
 def build_ast(
