@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     model.frontend.fit_normalization_logmel(normalisation_batches(train, model.frontend, cfg.train.seed))
     ce = registry.build("loss", "ce")
     kd = registry.build("loss", "kd", T=cfg.model.kd.T, alpha=cfg.model.kd.alpha)
-    settings = TrainSettings.from_config(cfg.train)
+    settings = TrainSettings.from_config(cfg.train, clip_seconds=cfg.data.clip_seconds)
     opt = build_optimizer(settings, model.parameters())
     sched = build_scheduler(settings, opt, 10_000)
     arms = {

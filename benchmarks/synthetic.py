@@ -38,7 +38,7 @@ from benchmarks.machine import describe, reference_step, sync
 from core.audio.frontend import LogMelFrontend
 from core.data.logmel import LogMelSet, on_device
 from core.engine.distributed import pick_device
-from core.engine.loop import autocast, epoch_batches, train_one_epoch
+from core.engine.loop import autocast, crop_generator, epoch_batches, random_crop, train_one_epoch
 from core.engine.model import AudioClassifier, student_network, to_channels_last
 from core.engine.optim import build_optimizer, build_scheduler
 from core.engine.settings import TrainSettings
@@ -56,6 +56,10 @@ class Attrs(dict):
         except KeyError as exc:
             raise AttributeError(key) from exc
         return Attrs(value) if isinstance(value, dict) else value
+
+
+#: synthetic clips are as long as the project's default ``data.clip_seconds`` (an NSynth note)
+CLIP_SECONDS = 4.0
 
 
 def defaults() -> Attrs:
@@ -100,6 +104,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--data-on-device", choices=("auto", "true", "false"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--crop-seconds", type=float, default=None, help="train on random windows of the 4 s clips (train.crop_seconds)"
+    )
     return p.parse_args(argv)
 
 
@@ -114,7 +121,11 @@ def main(argv: list[str]) -> int:
     cfg["model"]["student"] = student
     changes = {k: v for k, v in (("batch_size", args.batch), ("amp", args.amp)) if v is not None}
     channels_last = cfg.train.channels_last if args.channels_last is None else args.channels_last
-    settings = TrainSettings.from_config(cfg.train, channels_last=channels_last, num_workers=0, **changes)
+    if args.crop_seconds:
+        changes["crop"] = min(1.0, args.crop_seconds / CLIP_SECONDS)  # as train.crop_seconds gives
+    settings = TrainSettings.from_config(
+        cfg.train, clip_seconds=CLIP_SECONDS, channels_last=channels_last, num_workers=0, **changes
+    )
     bs = settings.batch_size
 
     torch.manual_seed(0)
@@ -128,7 +139,9 @@ def main(argv: list[str]) -> int:
     opt = build_optimizer(settings, model.parameters())
     sched = build_scheduler(settings, opt, 10_000)
     with tempfile.TemporaryDirectory(prefix="audiokd-synthetic-") as tmp:
-        cached = synthetic_logmel(Path(tmp), args.clips, frontend.n_mels, frontend.num_frames(16000 * 4), args.classes)
+        cached = synthetic_logmel(
+            Path(tmp), args.clips, frontend.n_mels, frontend.num_frames(round(frontend.sr * CLIP_SECONDS)), args.classes
+        )
         mode = {"auto": None, "true": True, "false": False}[args.data_on_device]  # as train.data_on_device
         inputs = on_device(cached, device, mode)
         frontend.fit_normalization_logmel(iter([cached.batch(range(min(len(cached), 512)))[0]]))
@@ -136,6 +149,10 @@ def main(argv: list[str]) -> int:
         model.eval()
         with torch.no_grad():
             feats = model.features(logmel=x.to(device)).detach()
+        if settings.crop:  # the pure step gets windows of the same width as the loop's
+            feats = random_crop(feats, settings.crop, crop_generator(0, 0))
+            if channels_last:
+                feats = feats.contiguous(memory_format=torch.channels_last)
         target = target.to(device)
         model.train()
 
@@ -171,7 +188,8 @@ def main(argv: list[str]) -> int:
     print(
         f"student {student.arch} x{student.width_mult}, batch {bs}, {args.steps} steps x {args.rounds} rounds, "
         f"amp {settings.amp and device.type == 'cuda'} ({settings.amp_dtype}), channels_last {channels_last}, "
-        f"data {type(inputs).__name__} on {inputs_device(inputs)}, {args.clips} synthetic clips"
+        f"data {type(inputs).__name__} on {inputs_device(inputs)}, {args.clips} synthetic clips, "
+        f"training windows {f'{args.crop_seconds:g} s' if settings.crop else 'whole 4 s clips'}"
     )
     print(f"reference step    : {mr:9.1f} samples/s  (bare torchvision MobileNetV3-Small 0.75, fp32)")
     print(f"pure model step   : {mp:9.1f} samples/s  (rounds: {', '.join(f'{v:.1f}' for v in p)})")

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     train = model_inputs(model, data.splits, cfg.train.cache_logmel)["train"]  # as training reads it
     model.frontend.fit_normalization_logmel(normalisation_batches(train, model.frontend, cfg.train.seed))
     loss_fn = registry.build("loss", cfg.train.loss)
-    settings = TrainSettings.from_config(cfg.train)
+    settings = TrainSettings.from_config(cfg.train, clip_seconds=cfg.data.clip_seconds)
     opt = build_optimizer(settings, model.parameters())
     sched = build_scheduler(settings, opt, 10_000)
     device = torch.device("cpu")

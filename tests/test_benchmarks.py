@@ -14,4 +14,8 @@ def test_the_synthetic_benchmark_reports_the_machine_a_reference_and_the_data_pa
     assert "reference step" in out and "pure model step" in out and "data share of a step" in out
     assert "data DeviceLogMel on cpu" in out and "mobilenet_v3_small x0.35, batch 4" in out
     assert synthetic.main(args) == 0
-    assert "data LogMelSet on host (memmap)" in capsys.readouterr().out  # auto: device memory on a GPU only
+    out = capsys.readouterr().out
+    assert "data LogMelSet on host (memmap)" in out  # auto: device memory on a GPU only
+    assert "training windows whole 4 s clips" in out
+    assert synthetic.main([*args, "--crop-seconds", "1"]) == 0
+    assert "training windows 1 s" in capsys.readouterr().out

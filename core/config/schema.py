@@ -116,6 +116,7 @@ class TeacherConfig:
     ensemble: int = MISSING
     seed: int = MISSING
     cross_fit: bool = MISSING
+    crop_seconds: Optional[float] = MISSING
     cache_dir: Optional[str] = MISSING
 
 
@@ -157,6 +158,7 @@ class TrainConfig:
     out_dir: str = MISSING
     eval_batch_size: Optional[int] = MISSING
     max_steps_per_epoch: Optional[int] = MISSING
+    crop_seconds: Optional[float] = MISSING
 
 
 @attrs.define

@@ -182,6 +182,13 @@ def _validate_audio(cfg: DictConfig) -> None:
             f"short for the front end's {a.n_fft}-point frames: need more than {a.n_fft // 2} "
             f"samples (data.clip_seconds > {a.n_fft / 2 / a.sr:g})"
         )
+    for key in ("train.crop_seconds", "model.teacher.crop_seconds"):
+        crop = OmegaConf.select(cfg, key)
+        if crop is not None and not (a.n_fft / 2 / a.sr < crop <= cfg.data.clip_seconds):  # NaN fails too
+            raise ConfigValueError(
+                f"{key}={crop!r} must be within ({a.n_fft / 2 / a.sr:g}, data.clip_seconds={cfg.data.clip_seconds}] "
+                f"seconds (a window of each training clip), or null for whole clips"
+            )
 
 
 def _validate_evaluate(cfg: DictConfig) -> None:

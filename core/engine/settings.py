@@ -28,11 +28,18 @@ class TrainSettings:
     num_workers: int
     seed: int
     max_steps_per_epoch: int | None
+    crop: float | None  # training batches: a random window of this fraction of each clip; None = whole clips
 
     @classmethod
-    def from_config(cls, train: Any, **changes: Any) -> TrainSettings:
+    def from_config(cls, train: Any, clip_seconds: float | None = None, **changes: Any) -> TrainSettings:
         """From the ``train`` config group; ``changes`` replace single values (before the eval batch
-        size is derived from the batch size)."""
+        size is derived from the batch size). ``clip_seconds`` (``data.clip_seconds``) turns
+        ``train.crop_seconds`` into :attr:`crop`."""
+        crop = None
+        if train.crop_seconds is not None:
+            if clip_seconds is None:
+                raise ValueError("train.crop_seconds is set: TrainSettings.from_config needs clip_seconds")
+            crop = min(1.0, float(train.crop_seconds) / clip_seconds)
         values = {
             "epochs": int(train.epochs),
             "batch_size": int(train.batch_size),
@@ -47,6 +54,7 @@ class TrainSettings:
             "num_workers": int(train.num_workers),
             "seed": int(train.seed),
             "max_steps_per_epoch": int(train.max_steps_per_epoch) if train.max_steps_per_epoch else None,
+            "crop": crop,
             **changes,
         }
         values["eval_batch_size"] = int(train.eval_batch_size or 2 * values["batch_size"])

@@ -59,7 +59,7 @@ def run_evaluate(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str
     to_student = torch.tensor([known.index(name) for name in data.class_names])
     device = pick_device(cfg.train.device)
     model = student_from_state(registry, source.state).to(device)
-    settings = TrainSettings.from_config(cfg.train)
+    settings = TrainSettings.from_config(cfg.train, clip_seconds=cfg.data.clip_seconds)
     inputs = model_inputs(model, {s: data.splits[s] for s in cfg.evaluate.splits}, cfg.train.cache_logmel)
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ def run_export(cfg: DictConfig, registry: Registry, run_dir: Path) -> list[dict[
     data = prepare_data(cfg, registry, prepare=True, progress=False)
     uri = resolve_uri(cfg.tracking.uri)
     test = data.splits["test"]
-    settings = TrainSettings.from_config(cfg.train)
+    settings = TrainSettings.from_config(cfg.train, clip_seconds=cfg.data.clip_seconds)
     models: dict[str, dict[str, Any]] = {}
     for i, spec in enumerate(cfg.export.sources):
         # any student of these classes: it is rebuilt from its own config

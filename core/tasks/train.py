@@ -58,7 +58,9 @@ def run_train(
     loss_fn = build_loss(cfg, registry)
     check_components(cfg, registry)
     prune = PruneStage(cfg.prune, cfg.train.epochs, registry) if cfg.task == "prune" else None
-    settings = TrainSettings.from_config(cfg.train, **({"epochs": prune.epochs} if prune else {}))
+    settings = TrainSettings.from_config(
+        cfg.train, clip_seconds=cfg.data.clip_seconds, **({"epochs": prune.epochs} if prune else {})
+    )
     dataset = build_dataset(cfg, registry)  # its class list, without preparing it
     resume = find_resume(cfg)
     if resume is not None:

@@ -75,7 +75,11 @@ class CNNTeacher(Teacher):
         self.frontend.fit_normalization(train.batch(idx[i : i + 128])[0].to(device) for i in range(0, len(idx), 128))
 
     def embed(self, wave: Tensor) -> Tensor:
-        feats = self.frontend(self.fit_clip(wave)).contiguous(memory_format=torch.channels_last)
+        # A CNN pools over time, so in training it takes the stage's shorter random windows
+        # (model.teacher.crop_seconds) as they are; every pass that makes targets sees whole clips.
+        if not (self.training and wave.ndim == 2 and wave.shape[-1] < self.clip_samples):
+            wave = self.fit_clip(wave)
+        feats = self.frontend(wave).contiguous(memory_format=torch.channels_last)
         return self.net(feats)
 
 
@@ -108,11 +112,16 @@ def build_cnn(
             f"backbone would stay random: set model.teacher.freeze=false to train it from scratch, or "
             f"point model.teacher.checkpoint at a state_dict of this teacher"
         )
+    n_mels, hop_ms = int(opts["n_mels"]), opts["hop_ms"]
     frontend = LogMelFrontend(
         sr=sample_rate,
-        n_mels=int(opts["n_mels"]),
-        hop=max(1, round(sample_rate * opts["hop_ms"] / 1000)),
+        n_mels=n_mels,
+        hop=max(1, round(sample_rate * hop_ms / 1000)),
         fmax=min(8000.0, sample_rate / 2),
+        # SpecAugment masks cover the same share of the input at any resolution: 24 of 128 mel bins
+        # and 400 ms (40 frames at the default 10 ms hop), as the student's aug.specaug defaults
+        freq_mask=max(1, round(24 * n_mels / 128)),
+        time_mask=max(1, round(400 / hop_ms)),
     )
     net = build_student(
         arch,

@@ -191,6 +191,8 @@ def test_a_dataset_left_empty_by_the_class_filter_says_so(tiny, tmp_path):
         ("train.eval_batch_size=0", ["train.eval_batch_size=0", ">= 1"]),
         ("data.clip_seconds=0.01", ["data.clip_seconds=0.01", "160 samples", "> 0.032"]),
         ("aug.hop=100000", ["aug.hop=100000", "window", "aug.hop <= 1024"]),
+        ("train.crop_seconds=9", ["train.crop_seconds=9", "data.clip_seconds=", "null for whole clips"]),
+        ("model.teacher.crop_seconds=0", ["model.teacher.crop_seconds=0", "(0.032, data.clip_seconds="]),
     ],
 )
 def test_values_that_used_to_crash_or_pass_are_refused_before_any_data_work(tiny, tmp_path, override, words):

@@ -173,11 +173,11 @@ def finetune(fitting: Fitting, member: Teacher, keep: np.ndarray, m: int) -> Non
     params = [p for p in member.parameters() if p.requires_grad]
     if not params:
         raise TeacherError(f"teacher {plan.name}: nothing to train (every parameter is frozen)")
-    s = plan.settings
+    s = attrs.evolve(plan.settings, seed=plan.seed + m)  # member m's batch order and crops
     train = data.splits["train"]
 
     def batches_for(epoch: int) -> list[list[int]]:
-        order = epoch_batches(len(keep), s.batch_size, plan.seed + m, epoch, Dist(), s.max_steps_per_epoch)
+        order = epoch_batches(len(keep), s.batch_size, s.seed, epoch, Dist(), s.max_steps_per_epoch)
         return [keep[b].tolist() for b in order]
 
     opt = build_optimizer(s, params)

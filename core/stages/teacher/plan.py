@@ -91,7 +91,13 @@ class TeacherPlan:
             cross_fit=bool(t.cross_fit),
             weight_decay=float(cfg.train.weight_decay),
             settings=TrainSettings.from_config(
-                cfg.train, batch_size=int(t.batch_size), lr=float(t.lr), epochs=int(t.epochs)
+                cfg.train,
+                clip_seconds=float(cfg.data.clip_seconds),
+                batch_size=int(t.batch_size),
+                lr=float(t.lr),
+                epochs=int(t.epochs),
+                seed=int(t.seed),
+                crop=min(1.0, float(t.crop_seconds) / float(cfg.data.clip_seconds)) if t.crop_seconds else None,
             ),
             pass_batch_size=int(cfg.train.eval_batch_size or 64),
             cache_root=root,
@@ -136,13 +142,14 @@ class TeacherPlan:
             "ensemble": self.ensemble,
             "seed": self.seed,
             "cross_fit": self.cross_fit,
+            "crop": self.settings.crop,
             "class_names": list(data.class_names),
             "clips": {split: Path(w.npy_path).name for split, w in data.splits.items()},
         }
 
 
 #: spec entries that only change how the head (or the unfrozen blocks) is trained
-TRAINING_KEYS = ("epochs", "lr", "batch_size", "ensemble", "seed", "cross_fit")
+TRAINING_KEYS = ("epochs", "lr", "batch_size", "ensemble", "seed", "cross_fit", "crop")
 
 
 def backbone_key(spec: dict[str, Any]) -> str:

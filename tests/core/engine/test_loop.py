@@ -140,3 +140,59 @@ def test_the_prefetching_reader_yields_every_batch_in_order(tmp_path):
     got = list(prefetched(cached, batches, pin=False))
     assert len(got) == 3 and all(torch.equal(g[0], cached.batch(b)[0]) for g, b in zip(got, batches))
     assert list(prefetched(cached, [], pin=False)) == []
+
+
+def test_random_crops_are_windows_of_each_example_at_their_own_start():
+    from core.engine.loop import crop_generator, random_crop
+
+    x = torch.arange(6 * 3 * 40, dtype=torch.float32).view(6, 3, 40)  # [B, n_mels, frames]
+    out = random_crop(x, 0.25, crop_generator(seed=0, epoch=0))
+    assert out.shape == (6, 3, 10)
+    starts = [int(out[i, 0, 0] - x[i, 0, 0]) for i in range(6)]
+    for i, start in enumerate(starts):  # every mel bin of an example is cut at the same frames
+        assert torch.equal(out[i], x[i, :, start : start + 10])
+    assert len(set(starts)) > 1  # each example has its own window
+    again = random_crop(x, 0.25, crop_generator(seed=0, epoch=0))
+    assert torch.equal(out, again)  # what a resumed run cuts again
+    assert not torch.equal(out, random_crop(x, 0.25, crop_generator(seed=0, epoch=1)))
+    wave = torch.randn(4, 16000)
+    assert random_crop(wave, 0.5, crop_generator(0, 0)).shape == (4, 8000)
+    assert random_crop(wave, 1.0, crop_generator(0, 0)) is wave
+
+
+def test_train_crop_seconds_trains_on_windows_and_evaluates_whole_clips(tmp_path):
+    """``train.crop_seconds=1`` of 4 s clips: every training step sees a quarter of the frames,
+    evaluation all of them."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from benchmarks.synthetic import synthetic_logmel
+    from core.engine import loop
+
+    cached = synthetic_logmel(tmp_path, clips=24, n_mels=8, frames=401, classes=3)
+    s = TrainSettings.from_config(OmegaConf.merge(TRAIN, {"crop_seconds": 1.0}), clip_seconds=4.0, batch_size=8)
+    assert s.crop == 0.25
+    widths: list[int] = []
+
+    class Recorder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(8, 3)
+
+        def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+            widths.append(logmel.shape[-1])
+            return self.linear(logmel.mean(-1))
+
+    model = Recorder()
+    opt = build_optimizer(s, model.parameters())
+    batches = epoch_batches(len(cached), s.batch_size, seed=0, epoch=0)
+    ce = lambda logits, target: {"total": F.cross_entropy(logits, target)}  # noqa: E731
+    loop.train_one_epoch(model, ce, cached, batches, opt, build_scheduler(s, opt, 3), None, s, torch.device("cpu"), 0)
+    assert widths == [100, 100, 100]
+    widths.clear()
+    loop.evaluate(model, cached, s, torch.device("cpu"))
+    assert set(widths) == {401}
+    whole = TrainSettings.from_config(TRAIN, clip_seconds=4.0)
+    assert whole.crop is None
+    with pytest.raises(ValueError, match="clip_seconds"):
+        TrainSettings.from_config(OmegaConf.merge(TRAIN, {"crop_seconds": 1.0}))
