@@ -41,7 +41,7 @@ from core.engine.distributed import pick_device
 from core.engine.loop import autocast, crop_generator, epoch_batches, random_crop, train_one_epoch
 from core.engine.model import AudioClassifier, student_network, to_channels_last
 from core.engine.optim import build_optimizer, build_scheduler
-from core.engine.settings import TrainSettings
+from core.engine.settings import TrainSettings, crop_fraction
 from core.registry import load_registry
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -121,8 +121,7 @@ def main(argv: list[str]) -> int:
     cfg["model"]["student"] = student
     changes = {k: v for k, v in (("batch_size", args.batch), ("amp", args.amp)) if v is not None}
     channels_last = cfg.train.channels_last if args.channels_last is None else args.channels_last
-    if args.crop_seconds:
-        changes["crop"] = min(1.0, args.crop_seconds / CLIP_SECONDS)  # as train.crop_seconds gives
+    changes["crop"] = crop_fraction(args.crop_seconds, CLIP_SECONDS)  # as train.crop_seconds gives
     settings = TrainSettings.from_config(
         cfg.train, clip_seconds=CLIP_SECONDS, channels_last=channels_last, num_workers=0, **changes
     )

@@ -39,7 +39,7 @@ class TrainSettings:
         if train.crop_seconds is not None:
             if clip_seconds is None:
                 raise ValueError("train.crop_seconds is set: TrainSettings.from_config needs clip_seconds")
-            crop = min(1.0, float(train.crop_seconds) / clip_seconds)
+            crop = crop_fraction(train.crop_seconds, clip_seconds)
         values = {
             "epochs": int(train.epochs),
             "batch_size": int(train.batch_size),
@@ -61,4 +61,10 @@ class TrainSettings:
         return cls(**values)
 
 
-__all__ = ["TrainSettings"]
+def crop_fraction(crop_seconds: float | None, clip_seconds: float) -> float | None:
+    """A training window of ``crop_seconds`` as :attr:`TrainSettings.crop`, a fraction of the clip
+    (``None``: whole clips)."""
+    return min(1.0, float(crop_seconds) / float(clip_seconds)) if crop_seconds else None
+
+
+__all__ = ["TrainSettings", "crop_fraction"]

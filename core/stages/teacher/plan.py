@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from core.data import DataBundle
-from core.engine.settings import TrainSettings
+from core.engine.settings import TrainSettings, crop_fraction
 from core.registry import Registry
 from core.registry.contracts import Teacher
 from core.tracking import resolve_uri
@@ -97,7 +97,7 @@ class TeacherPlan:
                 lr=float(t.lr),
                 epochs=int(t.epochs),
                 seed=int(t.seed),
-                crop=min(1.0, float(t.crop_seconds) / float(cfg.data.clip_seconds)) if t.crop_seconds else None,
+                crop=crop_fraction(t.crop_seconds, cfg.data.clip_seconds),
             ),
             pass_batch_size=int(cfg.train.eval_batch_size or 64),
             cache_root=root,
