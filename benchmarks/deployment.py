@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks.machine import describe
@@ -26,7 +24,7 @@ from core.audio.frontend import LogMelFrontend
 from core.audio.host import HostLogMel
 from core.engine.model import AudioClassifier, student_network
 from core.registry import load_registry
-from core.stages.export import export_onnx, save_host_frontend, time_deployment
+from core.stages.export import export_onnx, median_ms, save_host_frontend, time_deployment
 
 
 def main(argv: list[str]) -> int:
@@ -49,19 +47,14 @@ def main(argv: list[str]) -> int:
             feats = model.features(wave)
         net = export_onnx(model.net, feats, folder / "student.net.onnx")
         npz = save_host_frontend(model.frontend, folder / "student.frontend.npz")
-        host, clip, times = HostLogMel.load(npz), wave[0].numpy(), []
-        for i in range(args.warmup + args.runs):
-            t0 = time.perf_counter()
-            host(clip)
-            if i >= args.warmup:
-                times.append((time.perf_counter() - t0) * 1000)
+        host, clip = HostLogMel.load(npz), wave[0].numpy()
         rows = {
             "PyTorch eager, whole model": timer.torch(model, wave).median_ms,
             "onnxruntime, whole graph (waveform in)": timer.onnx(whole, wave).median_ms,
             "deployed: numpy front end + onnxruntime network": time_deployment(
                 net, npz, wave, args.runs, args.warmup, args.threads
             ),
-            "  numpy front end alone": float(np.median(times)),
+            "  numpy front end alone": median_ms(lambda: host(clip), args.runs, args.warmup),
             "  onnxruntime network alone (log-mel in)": timer.onnx(net, feats).median_ms,
         }
     print(describe(torch.device("cpu")))

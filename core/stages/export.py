@@ -24,6 +24,7 @@ import logging
 import re
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,12 +179,18 @@ def time_deployment(
     name = session.get_inputs()[0].name
     host = HostLogMel.load(frontend_path)
     wave = example[0].float().cpu().numpy()
+    return median_ms(lambda: session.run(None, {name: host(wave)}), runs, warmup)
+
+
+def median_ms(call: Callable[[], Any], runs: int, warmup: int) -> float:
+    """Median wall time of ``call`` in ms over ``runs`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
     times = []
-    for i in range(warmup + runs):
+    for _ in range(runs):
         t0 = time.perf_counter()
-        session.run(None, {name: host(wave)})
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
+        call()
+        times.append((time.perf_counter() - t0) * 1000)
     return float(np.median(times))
 
 
@@ -388,6 +395,7 @@ __all__ = [
     "export_and_time",
     "export_onnx",
     "format_rows",
+    "median_ms",
     "parity_clips",
     "save_host_frontend",
     "student_from_state",
