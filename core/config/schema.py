@@ -117,6 +117,7 @@ class TeacherConfig:
     seed: int = MISSING
     cross_fit: bool = MISSING
     crop_seconds: Optional[float] = MISSING
+    mixup: Optional[float] = MISSING
     cache_dir: Optional[str] = MISSING
 
 
@@ -159,6 +160,7 @@ class TrainConfig:
     eval_batch_size: Optional[int] = MISSING
     max_steps_per_epoch: Optional[int] = MISSING
     crop_seconds: Optional[float] = MISSING
+    mixup: Optional[float] = MISSING
 
 
 @attrs.define

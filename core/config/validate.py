@@ -189,6 +189,10 @@ def _validate_audio(cfg: DictConfig) -> None:
                 f"{key}={crop!r} must be within ({a.n_fft / 2 / a.sr:g}, data.clip_seconds={cfg.data.clip_seconds}] "
                 f"seconds (a window of each training clip), or null for whole clips"
             )
+    for key in ("train.mixup", "model.teacher.mixup"):
+        alpha = OmegaConf.select(cfg, key)
+        if alpha is not None and not alpha >= 0:  # NaN fails too
+            raise ConfigValueError(f"{key}={alpha!r} must be >= 0 (Beta(a, a) mixup; 0.3 is typical) or null (off)")
 
 
 def _validate_evaluate(cfg: DictConfig) -> None:

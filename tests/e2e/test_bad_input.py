@@ -193,6 +193,8 @@ def test_a_dataset_left_empty_by_the_class_filter_says_so(tiny, tmp_path):
         ("aug.hop=100000", ["aug.hop=100000", "window", "aug.hop <= 1024"]),
         ("train.crop_seconds=9", ["train.crop_seconds=9", "data.clip_seconds=", "null for whole clips"]),
         ("model.teacher.crop_seconds=0", ["model.teacher.crop_seconds=0", "(0.032, data.clip_seconds="]),
+        ("train.mixup=-0.2", ["train.mixup=-0.2", "must be >= 0", "null (off)"]),
+        ("model.teacher.mixup=nan", ["model.teacher.mixup=nan", "must be >= 0"]),
     ],
 )
 def test_values_that_used_to_crash_or_pass_are_refused_before_any_data_work(tiny, tmp_path, override, words):

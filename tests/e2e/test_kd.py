@@ -212,6 +212,11 @@ def test_frozen_transformer_runs_its_backbone_once_per_clip_and_stores_only_what
         (("model.kd.enabled=true", "model.teacher.name=mobilenet_v3_small"), UserError, ["freeze=false"]),
         (("model.teacher.ensemble=0",), ConfigValueError, ["ensemble"]),
         (("model.kd.mode=sometimes",), ConfigValueError, ["offline", "online"]),
+        (
+            ("model.kd.enabled=true", "model.teacher.name=ast_tiny", "model.teacher.mixup=0.3"),
+            UserError,
+            ["model.teacher.mixup", "cached embeddings", "freeze=false"],
+        ),
     ],
 )
 def test_bad_kd_settings_stop_with_a_clear_message(tiny, tmp_path, overrides, error, words):

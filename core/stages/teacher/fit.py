@@ -213,6 +213,13 @@ def finetune(fitting: Fitting, member: Teacher, keep: np.ndarray, m: int) -> Non
 def fit_head_on_embeddings(fitting: Fitting, member: Teacher, keep: np.ndarray, m: int) -> None:
     """Frozen backbone: embed every clip once (cached), then fit only ``head`` on the embeddings."""
     plan, data, device, tracker = fitting.plan, fitting.data, fitting.device, fitting.tracker
+    given = [k for k, v in (("crop_seconds", plan.settings.crop), ("mixup", plan.settings.mixup)) if v]
+    if given:  # they change the input, and the head learns from the whole clips' cached embeddings
+        raise TeacherError(
+            f"model.teacher.{given[0]} changes the teacher's training input, but teacher {plan.name} only "
+            f"fits its head on the cached embeddings of whole clips: set model.teacher.freeze=false or "
+            f"unfreeze_last_n > 0 to train blocks on it, or leave model.teacher.{given[0]} null"
+        )
     # The embeddings depend on the backbone and its input only, not on how the head is trained.
     backbone = backbone_key(fitting.spec)
     emb = {

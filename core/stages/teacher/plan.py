@@ -98,6 +98,7 @@ class TeacherPlan:
                 epochs=int(t.epochs),
                 seed=int(t.seed),
                 crop=crop_fraction(t.crop_seconds, cfg.data.clip_seconds),
+                mixup=float(t.mixup or 0.0),
             ),
             pass_batch_size=int(cfg.train.eval_batch_size or 64),
             cache_root=root,
@@ -143,13 +144,15 @@ class TeacherPlan:
             "seed": self.seed,
             "cross_fit": self.cross_fit,
             "crop": self.settings.crop,
+            # only when on, so the teachers cached before this key existed keep their keys
+            **({"mixup": self.settings.mixup} if self.settings.mixup else {}),
             "class_names": list(data.class_names),
             "clips": {split: Path(w.npy_path).name for split, w in data.splits.items()},
         }
 
 
 #: spec entries that only change how the head (or the unfrozen blocks) is trained
-TRAINING_KEYS = ("epochs", "lr", "batch_size", "ensemble", "seed", "cross_fit", "crop")
+TRAINING_KEYS = ("epochs", "lr", "batch_size", "ensemble", "seed", "cross_fit", "crop", "mixup")
 
 
 def backbone_key(spec: dict[str, Any]) -> str:

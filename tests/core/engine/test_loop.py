@@ -196,3 +196,91 @@ def test_train_crop_seconds_trains_on_windows_and_evaluates_whole_clips(tmp_path
     assert whole.crop is None
     with pytest.raises(ValueError, match="clip_seconds"):
         TrainSettings.from_config(OmegaConf.merge(TRAIN, {"crop_seconds": 1.0}))
+
+
+def test_mixed_losses_give_the_gradients_of_mixed_soft_targets():
+    """``mix_terms`` mixes CE and KD losses; the student's gradient must equal that of the same losses
+    against the mixed label distribution and the mixed teacher probabilities (offline targets)."""
+    import torch.nn.functional as F
+
+    from core.engine.loop import draw_mix, mix_terms, mixup_generator
+    from plugins.losses.kd import KDLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4, requires_grad=True)
+    target, teacher = torch.tensor([0, 1, 2, 3, 0, 1]), torch.randn(6, 4)
+    lam, perm = draw_mix(mixup_generator(seed=0, epoch=0), 0.3, 6)
+    assert 0.0 < lam < 1.0 and sorted(perm.tolist()) == list(range(6))
+    kd = KDLoss(T=3.0, alpha=0.7)
+    mixed = mix_terms(kd, logits, target, teacher, (lam, perm), mixed_teacher=False)
+    (grad,) = torch.autograd.grad(mixed["total"], logits)
+
+    soft_labels = lam * F.one_hot(target, 4) + (1 - lam) * F.one_hot(target[perm], 4)
+    soft_teacher = lam * F.softmax(teacher / 3.0, 1) + (1 - lam) * F.softmax(teacher[perm] / 3.0, 1)
+    ce = F.cross_entropy(logits, soft_labels.float())
+    kl = F.kl_div(F.log_softmax(logits / 3.0, 1), soft_teacher, reduction="batchmean") * 9.0
+    (expected,) = torch.autograd.grad(0.7 * kl + 0.3 * ce, logits)
+    assert torch.allclose(grad, expected, atol=1e-6)
+    assert mixed["ce"].item() == pytest.approx(ce.item(), abs=1e-6)  # CE against soft labels is linear in them
+
+    # an online teacher heard the mixed input: its logits are not permuted, only the labels mix
+    online = mix_terms(kd, logits, target, teacher, (lam, perm), mixed_teacher=True)
+    assert online["kd"].item() == pytest.approx(kd(logits, target, teacher)["kd"].item())
+    assert mix_terms(kd, logits, target, teacher, None, False)["total"].item() == kd(logits, target, teacher)["total"]
+
+
+def test_train_mixup_trains_on_mixed_batches_and_both_labels(tmp_path):
+    """``train.mixup``: each training batch is ``lam * x + (1 - lam) * x[perm]``, its loss is taken
+    against both examples' labels, the same again for the same (seed, epoch); evaluation is unmixed."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from benchmarks.synthetic import synthetic_logmel
+    from core.engine import loop
+
+    cached = synthetic_logmel(tmp_path, clips=16, n_mels=8, frames=20, classes=3)
+    seen: list[torch.Tensor] = []
+    labels: list[list[int]] = []
+
+    class Recorder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(8, 3)
+
+        def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+            seen.append(logmel.detach().clone())
+            return self.linear(logmel.mean(-1))
+
+    def ce(logits, target):
+        labels.append(target.tolist())
+        return {"total": F.cross_entropy(logits, target)}
+
+    def run(mixup: float | None, epoch: int = 0) -> list[list[int]]:
+        s = TrainSettings.from_config(OmegaConf.merge(TRAIN, {"mixup": mixup}), clip_seconds=4.0, batch_size=8)
+        model = Recorder()
+        opt = build_optimizer(s, model.parameters())
+        batches = epoch_batches(len(cached), s.batch_size, seed=0, epoch=epoch)
+        seen.clear(), labels.clear()
+        loop.train_one_epoch(
+            model, ce, cached, batches, opt, build_scheduler(s, opt, 2), None, s, torch.device("cpu"), epoch
+        )
+        return batches
+
+    batches = run(None)
+    plain = [cached.batch(b) for b in batches]
+    assert all(torch.equal(x, p[0]) for x, p in zip(seen, plain)) and labels == [p[1].tolist() for p in plain]
+
+    run(0.3)
+    mixing = loop.mixup_generator(0, 0)
+    for step, (x, y) in enumerate(plain):
+        lam, perm = loop.draw_mix(mixing, 0.3, len(y))
+        assert torch.allclose(seen[step], lam * x + (1 - lam) * x[perm])
+        assert labels[2 * step : 2 * step + 2] == [y.tolist(), y[perm].tolist()]
+    first = [x.clone() for x in seen]
+    run(0.3)
+    assert all(torch.equal(a, b) for a, b in zip(first, seen))  # a resumed epoch mixes alike
+    next_epoch = loop.draw_mix(loop.mixup_generator(0, 1), 0.3, 8)[0]
+    assert next_epoch != loop.draw_mix(loop.mixup_generator(0, 0), 0.3, 8)[0]
+    seen.clear()
+    loop.evaluate(Recorder(), cached, TrainSettings.from_config(TRAIN, clip_seconds=4.0), torch.device("cpu"))
+    assert torch.equal(torch.cat(seen), cached.batch(list(range(len(cached))))[0])

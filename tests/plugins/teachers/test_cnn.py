@@ -1,4 +1,4 @@
-"""The CNN teacher with the teacher stage's crops (``model.teacher.crop_seconds``)."""
+"""The CNN teacher with the teacher stage's crops and mixup (``model.teacher.crop_seconds``, ``.mixup``)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,17 @@ def test_the_cnn_teachers_specaugment_covers_the_same_share_at_any_resolution(co
     ).build_member(registry, 3)
     assert (default.frontend.freq_mask, default.frontend.time_mask) == (24, 40)  # of 128 bins, 401 frames
     assert (coarse.frontend.freq_mask, coarse.frontend.time_mask) == (12, 20)  # of 64 bins, 201 frames
+
+
+def test_teacher_mixup_is_a_new_teacher_and_off_keeps_the_old_key(compose) -> None:
+    registry = load_registry()
+    data = SimpleNamespace(class_names=["a", "b", "c"], splits={})
+    plain = TeacherPlan.from_config(compose(*CNN), registry)
+    mixed = TeacherPlan.from_config(compose(*CNN, "model.teacher.mixup=0.3"), registry)
+    assert plain.settings.mixup == 0.0 and mixed.settings.mixup == 0.3  # the loop mixes with these settings
+    spec, spec_mixed = plain.spec(data, "w"), mixed.spec(data, "w")
+    assert spec_mixed == {**spec, "mixup": 0.3}  # another cache key: the mixup teacher is trained, not reused
+    assert "mixup" not in spec  # off: the key of a teacher cached before the switch existed
+    assert backbone_key(spec) == backbone_key(spec_mixed)
+    zero = TeacherPlan.from_config(compose(*CNN, "model.teacher.mixup=0"), registry)
+    assert zero.spec(data, "w") == spec
