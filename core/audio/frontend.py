@@ -8,6 +8,7 @@ happens only in ``train()`` mode, ``eval()`` is deterministic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, Optional, Union
 
@@ -29,7 +30,7 @@ class LogMelFrontend(nn.Module):
 
     Mel power spectrogram (torchaudio's ``MelSpectrogram`` with power 2 and its defaults: Hann
     window, reflect-padded centred frames, so ``frames = 1 + L // hop``, HTK mel scale) -> natural log
-    with a floor -> per-mel-bin standardisation -> SpecAugment (training mode only).
+    with a floor -> [random EQ] -> per-mel-bin standardisation -> SpecAugment (training mode only).
 
     Normalisation statistics come from :meth:`fit_normalization` and live in buffers
     (``mean``, ``std``, ``fitted``), so they travel with ``state_dict``. Before fitting the
@@ -47,6 +48,9 @@ class LogMelFrontend(nn.Module):
         freq_mask: widest frequency mask, in mel bins.
         time_mask: widest time mask, in frames.
         n_freq_masks, n_time_masks: masks of each kind per example.
+        eq_p: probability per example of a random EQ in training (0 = off): a smooth gain curve
+            over the mel axis, the sum of ``eq_bands`` cosines with uniform random weights, within
+            ``+-eq_max_db`` dB, added to the log power (timbre variation; cached log-mel included).
         log_floor: power floor before the log; 1e-5 is ~98 dB below a full-scale sine's bin,
             and keeps zero padding from becoming an extreme outlier.
         cpu_chunk_samples: on CPU, compute the spectrogram for about this many input samples
@@ -72,6 +76,9 @@ class LogMelFrontend(nn.Module):
         time_mask: int = 40,
         n_freq_masks: int = 2,
         n_time_masks: int = 2,
+        eq_p: float = 0.0,
+        eq_max_db: float = 6.0,
+        eq_bands: int = 3,
         log_floor: float = 1e-5,
         cpu_chunk_samples: int = 2**18,
         generator: Optional[torch.Generator] = None,
@@ -100,6 +107,7 @@ class LogMelFrontend(nn.Module):
             ("time_mask", time_mask),
             ("n_freq_masks", n_freq_masks),
             ("n_time_masks", n_time_masks),
+            ("eq_max_db", eq_max_db),
         ):
             if value < 0:
                 raise ConfigValueError(f"LogMelFrontend: {name}={value} must be >= 0")
@@ -109,6 +117,9 @@ class LogMelFrontend(nn.Module):
         self.specaug = specaug
         self.freq_mask, self.time_mask = freq_mask, time_mask
         self.n_freq_masks, self.n_time_masks = n_freq_masks, n_time_masks
+        if not 0.0 <= eq_p <= 1.0 or eq_bands < 1:
+            raise ConfigValueError(f"LogMelFrontend: need eq_p in [0, 1] and eq_bands >= 1, got {eq_p}, {eq_bands}")
+        self.eq_p, self.eq_max_db, self.eq_bands = eq_p, eq_max_db, eq_bands
         self.generator = generator
         # torchaudio's MelSpectrogram split in two so the power is re^2 + im^2: its own power
         # step (complex abs, then pow) made the whole transform ~2x slower on CPU (54 vs 28 ms
@@ -137,8 +148,8 @@ class LogMelFrontend(nn.Module):
     @classmethod
     def from_config(cls, aug: Any, generator: Optional[torch.Generator] = None) -> LogMelFrontend:
         """Builds from an ``AugConfig``-like object (attrs or OmegaConf): ``sr``, ``n_fft``,
-        ``win_length``, ``hop``, ``n_mels``, ``fmin``, ``fmax`` and ``specaug.*``."""
-        s = aug.specaug
+        ``win_length``, ``hop``, ``n_mels``, ``fmin``, ``fmax``, ``specaug.*`` and ``eq.*``."""
+        s, eq = aug.specaug, aug.eq
         return cls(
             sr=aug.sr,
             n_fft=aug.n_fft,
@@ -152,6 +163,9 @@ class LogMelFrontend(nn.Module):
             time_mask=s.time_mask,
             n_freq_masks=s.n_freq_masks,
             n_time_masks=s.n_time_masks,
+            eq_p=float(eq.p) if eq.enabled else 0.0,
+            eq_max_db=float(eq.max_db),
+            eq_bands=int(eq.bands),
             generator=generator,
         )
 
@@ -195,7 +209,10 @@ class LogMelFrontend(nn.Module):
     def post(self, x: Tensor) -> Tensor:
         """Log-mel ``[B, n_mels, frames]`` (from :meth:`log_mel` or a :class:`LogMelSet`) ->
         normalised, SpecAugmented (training only) ``[B, 1, n_mels, frames]``."""
-        x = (x.float() - self.mean[:, None]) / self.std[:, None]
+        x = x.float()
+        if self.training and self.eq_p > 0:
+            x = x + self._eq_curves(x.shape[0], x.device)[:, :, None]
+        x = (x - self.mean[:, None]) / self.std[:, None]
         if self.training and self.specaug:
             x = self._spec_augment(x)
         return x.unsqueeze(1)
@@ -252,6 +269,19 @@ class LogMelFrontend(nn.Module):
         self.fitted.fill_(True)
         return self
 
+    def _eq_curves(self, batch: int, device: torch.device) -> Tensor:
+        """``[batch, n_mels]`` random EQ curves in natural-log power units (0 where not drawn).
+
+        Written here because torchaudio's ``equalizer_biquad`` filters a waveform with one fixed
+        band, while the training batch is often cached log-mel; a gain curve is a sum in log power.
+        """
+        k = self.eq_bands
+        u = rand((batch, k + 1), self.generator, device)
+        mel = torch.linspace(0.0, 1.0, self.n_mels, device=device)
+        basis = torch.cos(math.pi * torch.arange(1, k + 1, device=device)[:, None] * mel[None, :])  # [k, n_mels]
+        db = self.eq_max_db * ((2.0 * u[:, :k] - 1.0) / k) @ basis  # weights sum to <= 1 in size: within +-max_db
+        return torch.where(u[:, k:] < self.eq_p, db * (math.log(10.0) / 10.0), torch.zeros_like(db))
+
     def _spec_augment(self, x: Tensor) -> Tensor:
         """Zeroes random frequency and time bands, independently per example.
 
@@ -280,7 +310,7 @@ class LogMelFrontend(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"spectrum=float64, specaug={self.specaug}, freq_mask={self.freq_mask}x{self.n_freq_masks}, "
-            f"time_mask={self.time_mask}x{self.n_time_masks}, fitted={self.is_fitted}"
+            f"time_mask={self.time_mask}x{self.n_time_masks}, eq_p={self.eq_p}, fitted={self.is_fitted}"
         )
 
 

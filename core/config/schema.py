@@ -46,6 +46,14 @@ class SpecAugConfig:
 
 
 @attrs.define
+class EQConfig:
+    enabled: bool = MISSING
+    p: float = MISSING
+    max_db: float = MISSING
+    bands: int = MISSING
+
+
+@attrs.define
 class NoiseConfig:
     enabled: bool = MISSING
     p: float = MISSING
@@ -88,6 +96,7 @@ class AugConfig:
     fmin: float = MISSING
     fmax: float = MISSING
     specaug: SpecAugConfig = SpecAugConfig()
+    eq: EQConfig = EQConfig()
     noise: NoiseConfig = NoiseConfig()
     gain: GainConfig = GainConfig()
     rir: RIRConfig = RIRConfig()

@@ -102,10 +102,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigValueError(
             f"need aug.fmin < aug.fmax <= aug.sr/2, got fmin={cfg.aug.fmin}, fmax={cfg.aug.fmax}, sr={cfg.aug.sr}"
         )
-    for name in ("noise", "gain", "rir", "codec"):
+    for name in ("eq", "noise", "gain", "rir", "codec"):
         p = cfg.aug[name].p
         if not 0.0 <= p <= 1.0:
             raise ConfigValueError(f"aug.{name}.p={p} must be within [0, 1]")
+    if not cfg.aug.eq.max_db >= 0 or cfg.aug.eq.bands < 1:  # NaN fails too
+        raise ConfigValueError(
+            f"aug.eq.max_db={cfg.aug.eq.max_db} must be >= 0 (dB) and aug.eq.bands={cfg.aug.eq.bands} >= 1"
+        )
 
 
 ARMS = ("student", "kd", "pruned", "pruned_kd")

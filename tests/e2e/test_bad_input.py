@@ -194,6 +194,8 @@ def test_a_dataset_left_empty_by_the_class_filter_says_so(tiny, tmp_path):
         ("train.crop_seconds=9", ["train.crop_seconds=9", "data.clip_seconds=", "null for whole clips"]),
         ("model.teacher.crop_seconds=0", ["model.teacher.crop_seconds=0", "(0.032, data.clip_seconds="]),
         ("train.mixup=-0.2", ["train.mixup=-0.2", "must be >= 0", "null (off)"]),
+        ("aug.eq.p=2", ["aug.eq.p=2", "[0, 1]"]),
+        ("aug.eq.max_db=-3", ["aug.eq.max_db=-3", ">= 0 (dB)"]),
         ("model.teacher.mixup=nan", ["model.teacher.mixup=nan", "must be >= 0"]),
     ],
 )

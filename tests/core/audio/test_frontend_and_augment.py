@@ -197,6 +197,37 @@ def test_specaugment_is_reproducible_with_a_seeded_generator():
     assert not torch.equal(run(3), run(4))
 
 
+def test_random_eq_adds_a_smooth_gain_curve_per_clip_in_training_only():
+    """``aug.eq``: in training each drawn clip's log power gets one curve over the mel axis, the same
+    in every frame, within +-max_db; others and evaluation are untouched; reproducible by generator."""
+    x = LogMelFrontend(n_mels=40).log_mel(waves(64, seconds=0.3))  # unnormalised: the difference is the curve
+
+    def eq(p: float, seed: int = 0, **kw) -> LogMelFrontend:
+        g = torch.Generator().manual_seed(seed)
+        return LogMelFrontend(n_mels=40, specaug=False, eq_p=p, eq_max_db=6.0, generator=g, **kw)
+
+    curves = (eq(1.0).train().post(x) - eq(0.0).train().post(x))[:, 0]  # [B, n_mels, frames]
+    assert torch.allclose(curves, curves[:, :, :1].expand_as(curves), atol=1e-5)  # one gain per mel bin
+    db = curves[:, :, 0] * 10 / math.log(10)
+    assert db.abs().max() <= 6.0 + 1e-4 and db.abs().max() > 3.0  # within the bound, and uses it
+    assert (db.std(dim=1) > 0.1).all()  # a shape across frequency for every clip, not a level shift
+    assert len({round(v, 3) for v in db[:, 0].tolist()}) == 64  # its own curve per clip
+    assert (db[:, 1:] - db[:, :-1]).abs().max() < 6.0 * 3 * math.pi / 39 + 1e-3  # smooth: bounded slope
+
+    half = (eq(0.5).train().post(x) - eq(0.0).train().post(x))[:, 0, :, 0]
+    drawn = half.abs().amax(dim=1) > 0
+    assert 16 < drawn.sum() < 48  # p=0.5 of 64 clips
+    assert torch.equal(eq(1.0).eval().post(x), eq(0.0).eval().post(x))  # evaluation: no EQ
+    assert torch.equal(eq(1.0, seed=3).train().post(x), eq(1.0, seed=3).train().post(x))
+    assert not torch.equal(eq(1.0, seed=3).train().post(x), eq(1.0, seed=4).train().post(x))
+
+    on = LogMelFrontend.from_config(aug_config(eq={"enabled": True, "p": 0.7, "max_db": 4.0, "bands": 2}))
+    assert (on.eq_p, on.eq_max_db, on.eq_bands) == (0.7, 4.0, 2)
+    assert LogMelFrontend.from_config(aug_config()).eq_p == 0.0  # off by default
+    with pytest.raises(ValueError, match="eq_p"):
+        LogMelFrontend(eq_p=1.5)
+
+
 def test_frontend_rejects_bad_settings_and_input():
     with pytest.raises(ValueError, match="fmax"):
         LogMelFrontend(sr=16000, fmax=9000.0)
