@@ -170,6 +170,7 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = MISSING
     crop_seconds: Optional[float] = MISSING
     mixup: Optional[float] = MISSING
+    ema: Optional[float] = MISSING
 
 
 @attrs.define

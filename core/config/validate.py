@@ -193,6 +193,12 @@ def _validate_audio(cfg: DictConfig) -> None:
                 f"{key}={crop!r} must be within ({a.n_fft / 2 / a.sr:g}, data.clip_seconds={cfg.data.clip_seconds}] "
                 f"seconds (a window of each training clip), or null for whole clips"
             )
+    ema = cfg.train.ema
+    if ema is not None and not 0 < ema < 1:  # NaN fails too
+        raise ConfigValueError(
+            f"train.ema={ema!r} must be within (0, 1) (the EMA decay per step; 0.995 averages ~the last "
+            f"200 steps) or null (off)"
+        )
     for key in ("train.mixup", "model.teacher.mixup"):
         alpha = OmegaConf.select(cfg, key)
         if alpha is not None and not alpha >= 0:  # NaN fails too

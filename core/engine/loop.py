@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from core.data import Inputs
@@ -197,12 +198,14 @@ def train_one_epoch(
     epoch: int,
     teacher: TeacherTargets | None = None,
     progress: StageProgress | None = None,
+    ema: ModelEmaV3 | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; returns the epoch's ``train_loss``, ``train_acc``, ``train_f1`` and
     each loss term's mean (``train_loss_<term>``). ``teacher`` (KD) gives each batch's teacher
     logits; ``progress`` advances by one per step. With ``s.crop`` every clip is cut to a random
     window first; with ``s.mixup`` each batch is mixed with a shuffled copy of itself
-    (:func:`mix_terms`). An online teacher on waveforms hears the same (cropped, mixed) input."""
+    (:func:`mix_terms`). An online teacher on waveforms hears the same (cropped, mixed) input.
+    ``ema`` (:func:`~core.engine.optim.weight_ema`) is updated after every optimizer step."""
     model.train()
     base: Any = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     sums: dict[str, float] = {}
@@ -236,6 +239,8 @@ def train_one_epoch(
                 f"the last good checkpoint is kept. Lower train.lr or set train.grad_clip."
             )
         optimizer_step(loss, model, opt, sched, scaler, s.grad_clip)
+        if ema is not None:  # the schedule counts the optimizer steps (a resumed one too)
+            ema.update(base, step=sched.last_epoch)
         if progress is not None:
             progress.update(advance=1)
         n = target.shape[0]

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 
 import torch
+from timm.utils import ModelEmaV3
 
 from core.engine.settings import TrainSettings
 
@@ -30,6 +31,15 @@ def lr_factor(step: int, total_steps: int, scheduler: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def weight_ema(model: torch.nn.Module, decay: float) -> ModelEmaV3:
+    """An exponential moving average of ``model``'s weights and buffers (BatchNorm statistics too):
+    ``ema.update(model, step)`` after optimizer step ``step`` (1, 2, ...) sets ``ema = d * ema + (1 - d)
+    * weights`` with ``d = min(decay, 1 - step ** -0.75)`` (the first step copies). Without that
+    warm-up a short run's average keeps the random start: at decay 0.998 half of it after 342 steps,
+    and the demo's student scored at chance (val acc 0.091) for its first two epochs of 171 steps."""
+    return ModelEmaV3(model, decay=decay, use_warmup=True, warmup_power=0.75)
+
+
 def build_scheduler(
     s: TrainSettings, opt: torch.optim.Optimizer, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -37,4 +47,4 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total_steps, s.scheduler))
 
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_factor", "weight_ema"]

@@ -30,6 +30,7 @@ class TrainSettings:
     max_steps_per_epoch: int | None
     crop: float | None  # training batches: a random window of this fraction of each clip; None = whole clips
     mixup: float  # Beta(mixup, mixup) mixup of training batches; 0 = off
+    ema: float = 0.0  # decay of the weights' moving average, updated every step; 0 = off
 
     @classmethod
     def from_config(cls, train: Any, clip_seconds: float | None = None, **changes: Any) -> TrainSettings:
@@ -57,6 +58,7 @@ class TrainSettings:
             "max_steps_per_epoch": int(train.max_steps_per_epoch) if train.max_steps_per_epoch else None,
             "crop": crop,
             "mixup": float(train.mixup or 0.0),
+            "ema": float(train.ema or 0.0),
             **changes,
         }
         values["eval_batch_size"] = int(train.eval_batch_size or 2 * values["batch_size"])

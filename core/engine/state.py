@@ -21,7 +21,10 @@ class TrainState:
     """Everything needed to resume a run exactly, and what later stages read back.
 
     Attributes:
-        model: the ``AudioClassifier``'s state dict (front-end statistics included).
+        model: the ``AudioClassifier``'s state dict (front-end statistics included): the weights
+            that are scored and deployed (with ``train.ema``, their moving average).
+        raw_model: with ``train.ema``, the trained weights themselves, so a resumed run continues
+            both (empty without EMA; the average's warm-up counts the schedule's steps).
         structure: per-layer channel counts (:mod:`core.engine.structure`), so a pruned network
             can be rebuilt before its weights load.
         optimizer, scheduler, scaler: their state dicts (``scaler`` empty without fp16).
@@ -57,6 +60,7 @@ class TrainState:
     scaler: dict[str, Any] = attrs.field(factory=dict)
     metrics: dict[str, float] = attrs.field(factory=dict)
     structure: dict[str, Any] = attrs.field(factory=dict)
+    raw_model: dict[str, Any] = attrs.field(factory=dict)
     prune_rounds: int = 0
     prune_scores: dict[str, float] = attrs.field(factory=dict)
     val_confusion: list[list[int]] = attrs.field(factory=list)

@@ -28,7 +28,7 @@ from core.engine.distributed import Dist
 from core.engine.loop import TeacherTargets, epoch_batches, epoch_progress, evaluate, train_one_epoch
 from core.engine.metrics import Scores, plot_confusion
 from core.engine.model import AudioClassifier, load_weights
-from core.engine.optim import build_optimizer, build_scheduler
+from core.engine.optim import build_optimizer, build_scheduler, weight_ema
 from core.engine.seeding import rng_state, set_rng_state
 from core.engine.settings import TrainSettings
 from core.engine.state import TrainState
@@ -160,7 +160,7 @@ class Trainer:
                 for extension in self.extensions:
                     extension.before_epoch(self, epoch)
                 train_metrics, seconds = self.train_epoch(epoch)
-                val = evaluate(self.model, self.inputs["valid"], self.settings, self.device)
+                val = evaluate(self.scored, self.inputs["valid"], self.settings, self.device)
                 self.commit(epoch, train_metrics, val, seconds)
             self.check_replicas()
         except BaseException as exc:
@@ -172,12 +172,15 @@ class Trainer:
         """Continue the checkpoint to resume (weights, optimizer, schedule, RNG, best so far) in its
         MLflow run, or start a new run; measure the student's costs."""
         state = self.resume
-        if state is not None:
-            load_weights(self.model, state.to_dict(), self.settings.channels_last)
+        if state is not None:  # the weights it trained (with train.ema, ``model`` holds the average)
+            weights = {**state.to_dict(), "model": state.raw_model or state.model}
+            load_weights(self.model, weights, self.settings.channels_last)
         for extension in self.extensions:
             extension.restore(self, state)
         self.optimize(self.phase_epochs)
         if state is not None:
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state.model)
             self.opt.load_state_dict(state.optimizer)
             self.sched.load_state_dict(state.scheduler)
             if self.scaler is not None and state.scaler:
@@ -229,6 +232,7 @@ class Trainer:
                 epoch,
                 teacher=self.targets,
                 progress=bar,
+                ema=self.ema,
             )
         seconds = time.perf_counter() - t0
         metrics["train_samples_per_s"] = sum(map(len, batches)) * self.dist.world / seconds
@@ -346,16 +350,24 @@ class Trainer:
         self.train_model: nn.Module = self.dist.wrap(self.model, self.device)
         self.opt = build_optimizer(self.settings, self.model.parameters())
         self.sched = build_scheduler(self.settings, self.opt, self.steps_per_epoch * phase_epochs)
+        #: ``train.ema``: the moving average of the weights, restarted from the network as it is now
+        self.ema = weight_ema(self.model, self.settings.ema) if self.settings.ema else None
+
+    @property
+    def scored(self) -> nn.Module:
+        """The network that is evaluated, checkpointed as ``model`` and deployed: the moving average
+        of the weights with ``train.ema``, else the trained network itself."""
+        return self.ema.module if self.ema is not None else self.model
 
     def reset_best(self) -> None:
         """Forget the best epoch so far: the best checkpoint must come from the current network."""
         self.best_f1, self.best_epoch = -1.0, -1
 
     def scores(self, prefix: str) -> dict[str, float]:
-        """``<prefix>_{val,test}_{acc,f1}`` of the model as it is now."""
+        """``<prefix>_{val,test}_{acc,f1}`` of the scored network as it is now."""
         out: dict[str, float] = {}
         for split, name in (("valid", "val"), ("test", "test")):
-            s = evaluate(self.model, self.inputs[split], self.settings, self.device)
+            s = evaluate(self.scored, self.inputs[split], self.settings, self.device)
             out.update({f"{prefix}_{name}_acc": s.acc, f"{prefix}_{name}_f1": s.f1})
         return out
 
@@ -374,7 +386,8 @@ class Trainer:
         """The checkpoint of the epoch just finished."""
         info = self.run_info
         state = TrainState(
-            model=self.model.state_dict(),
+            model=self.scored.state_dict(),
+            raw_model=self.model.state_dict() if self.ema is not None else {},
             structure=describe(self.model.net),
             optimizer=self.opt.state_dict(),
             scheduler=self.sched.state_dict(),

@@ -249,7 +249,6 @@ class PruneRounds(Extension):
     def before_epoch(self, trainer: Trainer, epoch: int) -> None:
         if self.rounds_done < self.stage.schedule.rounds_due(epoch):
             self.prune_round(trainer, epoch)
-            trainer.optimize(self.stage.schedule.phase_epochs(self.rounds_done))
             trainer.reset_best()  # the best checkpoint comes from the last round's network
 
     def prune_round(self, trainer: Trainer, epoch: int) -> None:
@@ -285,6 +284,8 @@ class PruneRounds(Extension):
                 self.stage.recalibrate_bn,
             )
         self.rounds_done += 1
+        # new parameters: a new optimizer and schedule (and weight average, which scores them next)
+        trainer.optimize(self.stage.schedule.phase_epochs(self.rounds_done))
         if main:
             trainer.costs = trainer.measure_costs(model)
             after = trainer.scores("after_prune")

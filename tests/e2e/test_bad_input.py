@@ -197,6 +197,8 @@ def test_a_dataset_left_empty_by_the_class_filter_says_so(tiny, tmp_path):
         ("aug.eq.p=2", ["aug.eq.p=2", "[0, 1]"]),
         ("aug.eq.max_db=-3", ["aug.eq.max_db=-3", ">= 0 (dB)"]),
         ("model.teacher.mixup=nan", ["model.teacher.mixup=nan", "must be >= 0"]),
+        ("train.ema=1", ["train.ema=1", "within (0, 1)", "0.995", "null (off)"]),
+        ("train.ema=0", ["train.ema=0", "within (0, 1)"]),
     ],
 )
 def test_values_that_used_to_crash_or_pass_are_refused_before_any_data_work(tiny, tmp_path, override, words):

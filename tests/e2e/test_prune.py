@@ -102,6 +102,26 @@ def test_a_pruned_run_resumes_and_matches_an_uninterrupted_one(tiny, tmp_path, t
         assert resumed.metrics[key] == pytest.approx(straight.metrics[key]), key
 
 
+def test_with_train_ema_the_pruned_network_is_what_is_scored_and_kept(tiny, tmp_path, trained, monkeypatch):
+    """The weight average restarts from the pruned network: the scores right after pruning and the
+    best checkpoint are the pruned network's, never the unpruned average's."""
+    real = core.engine.trainer.Trainer.scores
+    scored: list[tuple[str, bool]] = []
+
+    def spy(self, prefix):
+        scored.append((prefix, describe(self.scored.net) == describe(self.model.net)))
+        return real(self, prefix)
+
+    monkeypatch.setattr(core.engine.trainer.Trainer, "scores", spy)
+    result = run(prune_cfg(tiny, trained.run_dir, "train.ema=0.8"), tmp_path / "outputs" / "ema")
+    assert scored == [("before_prune", True), ("after_prune", True)]
+    state = ckpt.load(result.run_dir / "checkpoints" / "best.pt")
+    assert state["raw_model"] and state["structure"] == describe(
+        student_from_state(load_registry(), TrainState.from_dict(state, "best.pt")).net
+    )
+    assert result.metrics["student_params"] < 0.5 * result.metrics["before_prune_student_params"]
+
+
 def test_third_party_pruner_runs_by_name(tiny, tmp_path, trained, make_plugin_dist):
     make_plugin_dist("acme-pruners", "acme_pruners", THIRD_PARTY_PRUNER)
     m = run(prune_cfg(tiny, trained.run_dir, "prune.method=halve_last"), tmp_path / "outputs" / "acme").metrics

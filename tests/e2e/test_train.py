@@ -114,6 +114,46 @@ def test_resume_continues_the_same_run_and_matches_an_uninterrupted_one(tiny, tm
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
 
+def test_train_ema_checkpoints_scores_and_resumes_the_weight_average(tiny, tmp_path, monkeypatch):
+    """``train.ema``: ``model`` in every checkpoint is the moving average (what validation scored,
+    what later stages load), ``raw_model`` the trained weights; a run killed in its last epoch and
+    resumed ends with both exactly as an uninterrupted run."""
+    overrides = ("train.epochs=2", "train.ema=0.8", "train.lr=0.01")
+    straight = run(tiny(*overrides), run_dir(tmp_path, "straight"))
+    real = core.engine.trainer.train_one_epoch
+
+    def crash_in_last_epoch(*args, **kwargs):
+        if args[-1] == 1:  # the epoch index argument
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.engine.trainer, "train_one_epoch", crash_in_last_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tiny(*overrides), run_dir(tmp_path, "crashed"))
+    monkeypatch.setattr(core.engine.trainer, "train_one_epoch", real)
+    run(tiny(*overrides, "train.resume=auto"), tmp_path / "ignored")
+
+    a = ckpt.load(run_dir(tmp_path, "straight") / "checkpoints" / "last.pt")
+    b = ckpt.load(run_dir(tmp_path, "crashed") / "checkpoints" / "last.pt")
+    for key in ("model", "raw_model"):
+        assert all(torch.allclose(a[key][k].float(), b[key][k].float(), atol=1e-5) for k in a[key]), key
+    floats = [k for k, v in a["model"].items() if v.is_floating_point()]
+    assert any(not torch.allclose(a["model"][k], a["raw_model"][k]) for k in floats)
+
+    # validation scored the average: the logged val_loss is the average's, not the trained weights'
+    logged = MlflowClient(straight.tracking_uri).get_metric_history(straight.run_id, "val_loss")[-1].value
+    raw = dict(a, model=a["raw_model"])
+    ckpt.save(raw, tmp_path / "raw.pt")
+    scored = {}
+    for name, path in (
+        ("average", run_dir(tmp_path, "straight") / "checkpoints" / "last.pt"),
+        ("raw", tmp_path / "raw.pt"),
+    ):
+        scored[name] = run(tiny("task=evaluate", f"evaluate.source={path}", "evaluate.splits=[valid]"), tmp_path / name)
+    assert scored["average"]["valid"].loss == pytest.approx(logged, abs=1e-6)
+    assert abs(scored["raw"]["valid"].loss - logged) > 1e-3
+
+
 def test_resume_refuses_another_architecture(tiny, tmp_path, trained):
     first = trained
     with pytest.raises(UserError, match="width_mult"):

@@ -99,6 +99,7 @@ class TeacherPlan:
                 seed=int(t.seed),
                 crop=crop_fraction(t.crop_seconds, cfg.data.clip_seconds),
                 mixup=float(t.mixup or 0.0),
+                ema=0.0,  # train.ema is the student's: the teacher stage keeps its trained weights
             ),
             pass_batch_size=int(cfg.train.eval_batch_size or 64),
             cache_root=root,

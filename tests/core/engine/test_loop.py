@@ -284,3 +284,51 @@ def test_train_mixup_trains_on_mixed_batches_and_both_labels(tmp_path):
     seen.clear()
     loop.evaluate(Recorder(), cached, TrainSettings.from_config(TRAIN, clip_seconds=4.0), torch.device("cpu"))
     assert torch.equal(torch.cat(seen), cached.batch(list(range(len(cached))))[0])
+
+
+def test_train_ema_averages_the_weights_after_every_step(tmp_path):
+    """``train.ema=d``: after optimizer step t the average moves ``1 - d_t`` of the way to the weights,
+    ``d_t = min(d, 1 - t ** -0.75)`` (the first step copies), BatchNorm statistics too; the trained
+    weights are untouched."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from benchmarks.synthetic import synthetic_logmel
+    from core.engine import loop
+    from core.engine.optim import weight_ema
+
+    cached = synthetic_logmel(tmp_path, clips=48, n_mels=8, frames=20, classes=3)
+    s = TrainSettings.from_config(OmegaConf.merge(TRAIN, {"ema": 0.6}), clip_seconds=4.0, batch_size=8, lr=0.1)
+    assert s.ema == 0.6 and settings().ema == 0.0
+    trajectory: list[dict[str, torch.Tensor]] = []
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm, self.linear = nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+        def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                trajectory.append({k: v.detach().clone() for k, v in self.state_dict().items()})
+            return self.linear(self.norm(logmel.mean(-1)))
+
+    model = Net()
+    ema = weight_ema(model, s.ema)
+    opt = build_optimizer(s, model.parameters())
+    batches = epoch_batches(len(cached), s.batch_size, seed=0, epoch=0)
+    ce = lambda logits, target: {"total": F.cross_entropy(logits, target)}  # noqa: E731
+    sched = build_scheduler(s, opt, 6)
+    loop.train_one_epoch(model, ce, cached, batches, opt, sched, None, s, torch.device("cpu"), 0, ema=ema)
+    # the weights after each step: the state seen by the next forward, and the final state
+    after = [*trajectory[1:], model.state_dict()]
+    assert len(after) == 6
+    expected = {k: v.clone().float() for k, v in after[0].items()}
+    decays = [min(0.6, 1 - t**-0.75) for t in range(2, 7)]  # steps 2..6: 0.41, 0.56, then 0.6
+    assert decays[0] == pytest.approx(0.4054, abs=1e-4) and decays[-1] == 0.6
+    for d, state in zip(decays, after[1:]):
+        for k in expected:
+            expected[k] = d * expected[k] + (1 - d) * state[k].float()
+    averaged = ema.module.state_dict()
+    for k in ("linear.weight", "norm.running_mean", "norm.running_var"):
+        assert torch.allclose(averaged[k], expected[k], atol=1e-6), k
+        assert not torch.allclose(averaged[k], model.state_dict()[k]), k  # it is not the trained weights
