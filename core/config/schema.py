@@ -185,6 +185,7 @@ class TrackingConfig:
 class CompareConfig:
     seeds: list[int] = MISSING
     arms: list[str] = MISSING
+    resplit: bool = MISSING
 
 
 @attrs.define

@@ -6,8 +6,14 @@ pruned arms, which take that seed's ``kd`` (``pruned_kd``) or ``student`` (``pru
 checkpoint, prune it with ``prune.*`` and fine-tune it for ``prune.epochs`` with KD or CE
 (``task=prune``); the teacher stage has made (or found) the teacher first. It prints and logs one
 table: mean +- std over seeds of val/test accuracy and macro-F1 per arm, with params and MACs, and
-the teacher's own scores; plus a bar plot. The runs are children of one parent MLflow run (tag
-``mlflow.parentRunId``), so the UI groups them.
+the teacher's own scores; the paired per-seed differences between arms (KD - student, pruned - its
+source), with a 95 % t-interval; plus a bar plot. The runs are children of one parent MLflow run
+(tag ``mlflow.parentRunId``), so the UI groups them.
+
+``compare.resplit``: seed ``s`` also draws the data (``data.seed=s``): on GMNotes another set of
+held-out instruments per seed, so the spread over seeds includes which instruments are unseen, the
+noise that one split's 33 test instruments hide; the arms of one seed share its split (and a
+teacher trained on it), so their paired difference is exact.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ METRICS = (
     ("test_f1", "test macro-F1"),
 )
 ARMS = (("student", False), ("kd", True), ("pruned", False), ("pruned_kd", True))
+#: the paired differences reported, (arm, baseline): what KD adds, what pruning costs
+PAIRS = (("kd", "student"), ("pruned_kd", "kd"), ("pruned", "student"))
+TEACHER_METRICS = ("teacher_val_acc", "teacher_val_f1", "teacher_test_acc", "teacher_test_f1")
 #: pruned arm -> the arm whose best checkpoint it prunes
 PRUNE_FROM = {"pruned": "student", "pruned_kd": "kd"}
 NAMES = {
@@ -64,6 +73,70 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def paired(runs: list[dict[str, Any]], metric: str = "test_acc") -> dict[str, dict[str, Any]]:
+    """Per pair ``(arm, baseline)`` of :data:`PAIRS` present, keyed ``"arm - baseline"``: ``metric`` of
+    the arm minus its baseline's, seed by seed (the same data, and with the seed the same
+    initialisation and batch order), their mean, std, how many are > 0, and a 95 % Student-t
+    interval of the mean (``None`` with one seed)."""
+    from scipy import stats
+
+    by = {(r["arm"], r["seed"]): r[metric] for r in runs}
+    out: dict[str, dict[str, Any]] = {}
+    for arm, base in PAIRS:
+        seeds = [s for (a, s) in by if a == arm and (base, s) in by]
+        if not seeds:
+            continue
+        diffs = [by[(arm, s)] - by[(base, s)] for s in seeds]
+        mean, std = mean_std(diffs)
+        interval = None
+        if len(diffs) > 1:
+            half = float(stats.t.ppf(0.975, len(diffs) - 1)) * std / len(diffs) ** 0.5
+            interval = [mean - half, mean + half]
+        out[f"{arm} - {base}"] = {
+            "arm": arm,
+            "baseline": base,
+            "per_seed": dict(zip(map(str, seeds), diffs)),
+            "mean": mean,
+            "std": std,
+            "positive": sum(d > 0 for d in diffs),
+            "n": len(diffs),
+            "ci95": interval,
+        }
+    return out
+
+
+def format_pairs(pairs: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Markdown table of ``{metric: paired(runs, metric)}``: one row per pair and metric."""
+    lines = [
+        "| paired difference | metric | per seed | mean ± std | > 0 | 95 % interval |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for metric, rows in pairs.items():
+        for name, p in rows.items():
+            seeds = ", ".join(f"{s}: {d:+.3f}" for s, d in p["per_seed"].items())
+            interval = f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]" if p["ci95"] else "-"
+            lines.append(
+                f"| {name} | {metric} | {seeds} | {p['mean']:+.3f} ± {p['std']:.3f} | "
+                f"{p['positive']}/{p['n']} | {interval} |"
+            )
+    return "\n".join(lines)
+
+
+def teacher_summary(teachers: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The teacher's scores: one teacher's, or with one per seed (``compare.resplit``) their mean,
+    with ``<metric>_std``, ``n`` and each seed's under ``per_seed``."""
+    if not teachers:
+        return None
+    rows = list(teachers.values())
+    out = {k: v for k, v in rows[0].items() if k not in TEACHER_METRICS}
+    out["n"] = len(rows)
+    for k in TEACHER_METRICS:
+        out[k], out[f"{k}_std"] = mean_std([r[k] for r in rows])
+    if len(rows) > 1:
+        out["per_seed"] = {str(seed): {k: r[k] for k in TEACHER_METRICS} for seed, r in teachers.items()}
+    return out
+
+
 def format_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | None) -> str:
     """Markdown table: one row per arm (mean +- std over seeds) and the teacher's own scores."""
     head = ["", "runs", *(title for _, title in METRICS), "params", "MACs"]
@@ -77,13 +150,14 @@ def format_table(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | N
         cells += [f"{row['params'] / 1e6:.3f} M", f"{row['macs'] / 1e6:.1f} M"]
         lines.append("| " + " | ".join(cells) + " |")
     if teacher:
+        n = int(teacher.get("n", 1))
         cells = [
             f"teacher {teacher['name']}",
-            "1",
-            f"{teacher['teacher_val_acc']:.3f}",
-            f"{teacher['teacher_val_f1']:.3f}",
-            f"{teacher['teacher_test_acc']:.3f}",
-            f"{teacher['teacher_test_f1']:.3f}",
+            str(n),
+            *(
+                f"{teacher[k]:.3f} ± {teacher[f'{k}_std']:.3f}" if n > 1 else f"{teacher[k]:.3f}"
+                for k in TEACHER_METRICS
+            ),
             f"{teacher['params'] / 1e6:.3f} M",
             f"{teacher['macs'] / 1e6:.1f} M" if teacher.get("macs") else "-",
         ]
@@ -110,8 +184,15 @@ def plot(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | None, pat
             label=f"{arm} (n={row['n']})",
         )
     if teacher:
-        keys = ("teacher_val_acc", "teacher_val_f1", "teacher_test_acc", "teacher_test_f1")
-        ax.bar([x + len(summary) * width for x in xs], [teacher[k] for k in keys], width, label="teacher", color="0.6")
+        ax.bar(
+            [x + len(summary) * width for x in xs],
+            [teacher[k] for k in TEACHER_METRICS],
+            width,
+            yerr=[teacher.get(f"{k}_std", 0.0) for k in TEACHER_METRICS],
+            capsize=3,
+            label="teacher",
+            color="0.6",
+        )
     ax.set_xticks([x + width * (len(summary) - (0 if teacher else 1)) / 2 for x in xs])
     ax.set_xticklabels([title for _, title in METRICS])
     ax.set_ylim(0, 1)
@@ -128,7 +209,7 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
     """Train every (seed, arm) pair, then report. Returns ``{"runs", "summary", "teacher"}``. A rerun
     of an interrupted comparison continues it (:mod:`core.tasks.children`)."""
     runs: list[dict[str, Any]] = []
-    teacher: dict[str, Any] | None = None
+    teachers: dict[int, dict[str, Any]] = {}  # per seed with compare.resplit, else the one teacher
     arms = [(arm, kd) for arm, kd in ARMS if arm in cfg.compare.arms]
     fam = family(cfg, run_dir)
     run_dir = fam.run_dir
@@ -142,6 +223,7 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
                     "train": {"seed": int(seed)},
                     "model": {"kd": {"enabled": kd}},
                     "tracking": {"run_name": f"{cfg.name}-{arm}-seed{seed}"},
+                    **({"data": {"seed": int(seed)}} if cfg.compare.resplit else {}),
                 }
                 if arm in PRUNE_FROM:
                     source = run_dir / f"{PRUNE_FROM[arm]}-seed{seed}" / "checkpoints" / "best.pt"
@@ -161,43 +243,54 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
                         **{k: v for k, v in m.items() if k.startswith(("before_prune_", "after_prune_"))},
                     }
                 )
-                if kd and teacher is None:
+                if kd and (cfg.compare.resplit or not teachers):
                     macs_key = f"teacher_macs_{cfg.profilers[0]}" if cfg.profilers else ""
-                    teacher = {
+                    teachers[int(seed)] = {
                         "name": cfg.model.teacher.name,
                         "params": m["teacher_params"],
                         "macs": m.get(macs_key),
-                        **{
-                            k: m[k]
-                            for k in ("teacher_val_acc", "teacher_val_f1", "teacher_test_acc", "teacher_test_f1")
-                        },
+                        **{k: m[k] for k in TEACHER_METRICS},
                     }
-        summary = summarize(runs)
-        table = format_table(summary, teacher)
-        print("\n" + table, flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "compare.md").write_text(
-            table
-            + "\n\nmean ± std over seeds "
-            + ", ".join(map(str, cfg.compare.seeds))
-            + "; val = best epoch by val macro-F1, test = that checkpoint. Decision rule: argmax over classes "
-            "(multiclass, no threshold).\n"
-        )
-        (run_dir / "compare.json").write_text(
-            json.dumps({"runs": runs, "summary": summary, "teacher": teacher}, indent=2)
-        )
-        plot(summary, teacher, run_dir / "compare.png")
-        for name in ("compare.md", "compare.json", "compare.png"):
-            parent.log_artifact(run_dir / name, "compare")
-        parent.log_metrics(
-            {f"{arm}_{k}": v for arm, row in summary.items() for k, v in row.items() if k.endswith(("_mean", "_std"))},
-            step=0,
-        )
+        summary, teacher = report(cfg, runs, teachers, run_dir, parent)
         if cfg.export.enabled and set(PRUNE_FROM) & set(cfg.compare.arms):
             summary_table = deployment_summary(cfg, registry, runs, run_dir, parent)
             print("\n" + summary_table, flush=True)
     fam.mark(parent.run_id, finished=True)
     return {"runs": runs, "summary": summary, "teacher": teacher}
+
+
+def report(
+    cfg: DictConfig, runs: list[dict[str, Any]], teachers: dict[int, dict[str, Any]], run_dir: Path, parent: Tracker
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Print, write (``compare.md``, ``compare.json``, ``compare.png``) and log to the parent run the
+    per-arm summary, the teacher's scores and the paired differences; returns (summary, teacher)."""
+    summary, teacher = summarize(runs), teacher_summary(teachers)
+    pairs = {metric: rows for metric in ("best_val_acc", "test_acc") if (rows := paired(runs, metric))}
+    table = format_table(summary, teacher)
+    print("\n" + table + ("\n\n" + format_pairs(pairs) if pairs else ""), flush=True)
+    split = "each seed on its own data split (data.seed = seed)" if cfg.compare.resplit else "one data split"
+    text = (
+        f"{table}\n\nmean ± std over seeds {', '.join(map(str, cfg.compare.seeds))}, {split}; val = best "
+        "epoch by val macro-F1, test = that checkpoint. Decision rule: argmax over classes (multiclass, no "
+        "threshold).\n"
+    )
+    if pairs:
+        text += (
+            f"\n{format_pairs(pairs)}\n\nPaired: the same seed's runs (same data, initialisation and batch "
+            "order); 95 % interval: Student t over the seeds.\n"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "compare.md").write_text(text)
+    everything = {"runs": runs, "summary": summary, "teacher": teacher, "paired": pairs}
+    (run_dir / "compare.json").write_text(json.dumps(everything, indent=2))
+    plot(summary, teacher, run_dir / "compare.png")
+    for name in ("compare.md", "compare.json", "compare.png"):
+        parent.log_artifact(run_dir / name, "compare")
+    metrics = {f"{arm}_{k}": v for arm, row in summary.items() for k, v in row.items() if k.endswith(("_mean", "_std"))}
+    for metric, rows in pairs.items():
+        metrics.update({f"paired_{metric}_{p['arm']}_minus_{p['baseline']}": p["mean"] for p in rows.values()})
+    parent.log_metrics(metrics, step=0)
+    return summary, teacher
 
 
 def deployment_summary(
@@ -206,9 +299,11 @@ def deployment_summary(
     """The first seed's models side by side (teacher, student, KD student, pruned students):
     params, MACs, per-clip latency in PyTorch and onnxruntime (each exported and checked against
     PyTorch on real test clips), test accuracy and macro-F1. Logged to the parent run."""
+    seed = cfg.compare.seeds[0]
+    if cfg.compare.resplit:  # that seed's own split (and its teacher)
+        cfg = merged(cfg, {"data": {"seed": int(seed)}})
     data = prepare_data(cfg, registry, prepare=True, progress=False)
     test = data.splits["test"]
-    seed = cfg.compare.seeds[0]
     models: dict[str, dict[str, Any]] = {}
     if cfg.model.teacher.name:
         teacher = prepare_teacher(
@@ -235,4 +330,4 @@ def deployment_summary(
     return write_report(rows, cfg.export, run_dir, tracker, title="summary")
 
 
-__all__ = ["format_table", "mean_std", "run_compare", "summarize"]
+__all__ = ["format_pairs", "format_table", "mean_std", "paired", "run_compare", "summarize", "teacher_summary"]

@@ -9,8 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from core.config import ConfigValueError
+from core.data import prepare_data
+from core.registry import load_registry
 from core.run import run
-from core.tasks.compare import format_table, summarize
+from core.tasks.compare import format_pairs, format_table, paired, summarize, teacher_summary
 from tests.conftest import sqlite_store
 
 CNN_TEACHER = (
@@ -22,7 +24,7 @@ CNN_TEACHER = (
 
 
 def test_compare_trains_both_arms_per_seed_and_reports_mean_and_std(tiny, tmp_path):
-    cfg = tiny("task=compare", "compare.seeds=[0,1]", "train.epochs=1", *CNN_TEACHER)
+    cfg = tiny("task=compare", "compare.seeds=[0,1]", "compare.resplit=true", "train.epochs=1", *CNN_TEACHER)
     out = run(cfg, tmp_path / "outputs" / "cmp")
     runs = out["runs"]
     assert [(r["arm"], r["seed"]) for r in runs] == [("student", 0), ("kd", 0), ("student", 1), ("kd", 1)]
@@ -34,6 +36,11 @@ def test_compare_trains_both_arms_per_seed_and_reports_mean_and_std(tiny, tmp_pa
     assert parent.data.tags["stage"] == "compare" and parent.info.status == "FINISHED"
     assert [c.data.params["model.kd.enabled"] for c in children] == ["False", "True", "False", "True"]
     assert [c.data.params["train.seed"] for c in children] == ["0", "0", "1", "1"]
+    # compare.resplit: each seed on its own split (data.seed), its teacher trained on that split
+    assert [c.data.params["data.seed"] for c in children] == ["0", "0", "1", "1"]
+    held_out = [set(prepare_data(tiny(f"data.seed={seed}"), load_registry()).groups["test"]) for seed in (0, 1)]
+    assert held_out[0] != held_out[1]
+    teacher_test = [c.data.metrics["teacher_test_acc"] for c in children[1::2]]
     # the parent's summary is the mean/std of the children's own metrics
     kd_test = [c.data.metrics["test_acc"] for c in children[1::2]]
     assert parent.data.metrics["kd_test_acc_mean"] == pytest.approx(statistics.fmean(kd_test))
@@ -44,7 +51,16 @@ def test_compare_trains_both_arms_per_seed_and_reports_mean_and_std(tiny, tmp_pa
     assert "| student only | 2 |" in md and "| student + KD | 2 |" in md and "teacher mobilenet_v3_small" in md
     assert "argmax" in md
     saved = json.loads((tmp_path / "outputs" / "cmp" / "compare.json").read_text())
-    assert saved["teacher"]["teacher_val_acc"] == pytest.approx(children[1].data.metrics["teacher_val_acc"])
+    teacher_val = [c.data.metrics["teacher_val_acc"] for c in children[1::2]]
+    assert saved["teacher"]["teacher_val_acc"] == pytest.approx(statistics.fmean(teacher_val))
+    assert (
+        saved["teacher"]["teacher_test_acc"] == pytest.approx(statistics.fmean(teacher_test))
+        and saved["teacher"]["n"] == 2
+    )
+    kd_minus = [k - s for k, s in zip(kd_test, [c.data.metrics["test_acc"] for c in children[::2]])]
+    assert list(saved["paired"]["test_acc"]["kd - student"]["per_seed"].values()) == pytest.approx(kd_minus)
+    assert parent.data.metrics["paired_test_acc_kd_minus_student"] == pytest.approx(statistics.fmean(kd_minus))
+    assert "| kd - student | test_acc |" in md and "each seed on its own data split" in md
 
 
 def test_summary_table_numbers():
@@ -66,6 +82,42 @@ def test_summary_table_numbers():
     assert "0.500 ± 0.141" in format_table(s, None) and "1.000 M" in format_table(s, None)
     one = summarize(runs[:1])
     assert "| 0.400 |" in format_table(one, None) and "±" not in format_table(one, None)  # no std of one run
+
+
+def test_paired_differences_per_seed_with_a_t_interval():
+    """KD - student and pruned - source, seed by seed: mean, std, sign count, 95 % t-interval."""
+    acc = {("student", 0): 0.50, ("kd", 0): 0.53, ("student", 1): 0.45, ("kd", 1): 0.46, ("student", 2): 0.52}
+    acc |= {("kd", 2): 0.56, ("pruned_kd", 0): 0.52, ("pruned_kd", 1): 0.47, ("pruned_kd", 2): 0.50}
+    runs = [{"arm": arm, "seed": seed, "test_acc": a} for (arm, seed), a in acc.items()]
+    p = paired(runs)
+    assert list(p) == ["kd - student", "pruned_kd - kd"]  # no pruned arm: no pruned - student
+    kd = p["kd - student"]
+    diffs = [0.03, 0.01, 0.04]
+    assert list(kd["per_seed"]) == ["0", "1", "2"] and list(kd["per_seed"].values()) == pytest.approx(diffs)
+    assert kd["mean"] == pytest.approx(statistics.fmean(diffs)) and kd["std"] == pytest.approx(statistics.stdev(diffs))
+    assert kd["positive"] == 3 and kd["n"] == 3
+    half = 4.302653 * statistics.stdev(diffs) / 3**0.5  # t(0.975, 2 degrees of freedom)
+    assert kd["ci95"] == pytest.approx([kd["mean"] - half, kd["mean"] + half], rel=1e-5)
+    assert p["pruned_kd - kd"]["positive"] == 1
+    assert paired(runs[:2])["kd - student"]["ci95"] is None  # one seed: no interval
+    table = format_pairs({"test_acc": p})
+    assert "| kd - student | test_acc | 0: +0.030, 1: +0.010, 2: +0.040 | +0.027 ± 0.015 | 3/3 |" in table
+
+    # one teacher per seed (compare.resplit): mean ± std over seeds in the table
+    t = {"name": "cnn", "params": 1e6, "macs": None}
+    scores = [0.6, 0.7]
+    teachers = {
+        s: {**t, **dict.fromkeys(("teacher_val_acc", "teacher_val_f1", "teacher_test_acc", "teacher_test_f1"), a)}
+        for s, a in enumerate(scores)
+    }
+    both = teacher_summary(teachers)
+    assert both["n"] == 2 and both["teacher_test_acc"] == pytest.approx(0.65)
+    assert both["teacher_test_acc_std"] == pytest.approx(statistics.stdev(scores)) and set(both["per_seed"]) == {
+        "0",
+        "1",
+    }
+    assert "| teacher cnn | 2 | 0.650 ± 0.071 |" in format_table({}, both)
+    assert "| teacher cnn | 1 | 0.600 |" in format_table({}, teacher_summary({0: teachers[0]}))
 
 
 def test_profile_reports_student_and_teacher_without_data(compose, tmp_path):
