@@ -186,6 +186,7 @@ class CompareConfig:
     seeds: list[int] = MISSING
     arms: list[str] = MISSING
     resplit: bool = MISSING
+    baseline: Optional[str] = MISSING
 
 
 @attrs.define

@@ -46,9 +46,12 @@ class Family:
 
 
 def config_key(cfg: DictConfig) -> str:
-    """What makes two invocations the same task: the resolved config but ``train.resume``."""
+    """What makes two invocations the same task: the resolved config but ``train.resume`` and
+    ``compare.baseline`` (which only adds rows to the report)."""
     values = as_dict(cfg)
     values["train"] = {k: v for k, v in values["train"].items() if k != "resume"}
+    if "compare" in values:
+        values["compare"] = {k: v for k, v in values["compare"].items() if k != "baseline"}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -14,21 +14,30 @@ source), with a 95 % t-interval; plus a bar plot. The runs are children of one p
 held-out instruments per seed, so the spread over seeds includes which instruments are unseen, the
 noise that one split's 33 test instruments hide; the arms of one seed share its split (and a
 teacher trained on it), so their paired difference is exact.
+
+``compare.baseline``: an earlier comparison (its folder or ``compare.json``) whose runs the report
+pairs with this one's, seed by seed: each arm minus the baseline's same arm (what the changed
+settings gave), and minus the baseline arm it is normally compared with when this comparison does
+not train that arm (``kd`` against the baseline's ``student``). That is how one ingredient is
+measured: run only the arms it touches, against the comparison without it. It is checked before
+anything trains: every seed must be in the baseline, on the same data split.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from core.config import merged
+from core.config import as_dict, merged
 from core.data import prepare_data
 from core.engine.state import TrainState
+from core.errors import ConfigValueError
 from core.registry import Registry
 from core.stages.export import export_and_time, parity_clips, student_row, teacher_row, write_report
 from core.stages.teacher import prepare_teacher
@@ -73,16 +82,26 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def paired(runs: list[dict[str, Any]], metric: str = "test_acc") -> dict[str, dict[str, Any]]:
+def paired(
+    runs: list[dict[str, Any]], metric: str = "test_acc", baseline: Sequence[dict[str, Any]] = ()
+) -> dict[str, dict[str, Any]]:
     """Per pair ``(arm, baseline)`` of :data:`PAIRS` present, keyed ``"arm - baseline"``: ``metric`` of
     the arm minus its baseline's, seed by seed (the same data, and with the seed the same
     initialisation and batch order), their mean, std, how many are > 0, and a 95 % Student-t
-    interval of the mean (``None`` with one seed)."""
+    interval of the mean (``None`` with one seed). With ``baseline`` (another comparison's runs, on
+    the same splits) also each arm minus the baseline's same arm, and minus its :data:`PAIRS`
+    partner there when this comparison has none, keyed ``"arm - baseline <arm>"``."""
     from scipy import stats
 
     by = {(r["arm"], r["seed"]): r[metric] for r in runs}
+    by.update({(f"baseline {r['arm']}", r["seed"]): r[metric] for r in baseline})
+    mine = [arm for arm, _ in ARMS if any(r["arm"] == arm for r in runs)]
+    pairs = list(PAIRS)
+    for arm in mine:
+        pairs.append((arm, f"baseline {arm}"))
+        pairs += [(a, f"baseline {b}") for a, b in PAIRS if a == arm and b not in mine]
     out: dict[str, dict[str, Any]] = {}
-    for arm, base in PAIRS:
+    for arm, base in pairs:
         seeds = [s for (a, s) in by if a == arm and (base, s) in by]
         if not seeds:
             continue
@@ -120,6 +139,57 @@ def format_pairs(pairs: dict[str, dict[str, dict[str, Any]]]) -> str:
                 f"{p['positive']}/{p['n']} | {interval} |"
             )
     return "\n".join(lines)
+
+
+def load_baseline(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The runs of ``compare.baseline`` (a comparison's folder or its ``compare.json``) for this
+    comparison's seeds; [] when unset. Raises :class:`ConfigValueError`, before anything trains, when
+    it cannot be read, lacks one of ``compare.seeds``, or trained a seed on another data split than
+    this comparison will (``data.*`` of its runs' ``config.yaml`` against this one's, ``data.root``
+    aside)."""
+    given = cfg.compare.baseline
+    if not given:
+        return []
+    path = Path(str(given)).expanduser()
+    file = path / "compare.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigValueError(
+            f"compare.baseline={given}: no compare.json there; give the folder of a finished comparison "
+            "(<train.out_dir>/<name>/<time>) or its compare.json"
+        )
+    try:
+        runs = list(json.loads(file.read_text())["runs"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigValueError(f"compare.baseline={given}: {file} is not a comparison's compare.json ({exc})") from exc
+    seeds = [int(s) for s in cfg.compare.seeds]
+    theirs = sorted({int(r["seed"]) for r in runs})
+    missing = [s for s in seeds if s not in theirs]
+    if missing:
+        raise ConfigValueError(
+            f"compare.baseline={given} has no runs of seed(s) {missing} (it has {theirs}); pair only its "
+            f"seeds, e.g. compare.seeds={theirs}"
+        )
+    chosen = [r for r in runs if int(r["seed"]) in seeds]
+    for r in chosen:
+        folder = file.parent / f"{r['arm']}-seed{r['seed']}"
+        config = folder / "config.yaml" if (folder / "config.yaml").is_file() else Path(r["run_dir"]) / "config.yaml"
+        if not config.is_file():
+            raise ConfigValueError(
+                f"compare.baseline={given}: the {r['arm']} run of seed {r['seed']} has no config.yaml "
+                f"(looked in {folder} and {r['run_dir']}), so its data split cannot be checked"
+            )
+        theirs_data = {k: v for k, v in as_dict(OmegaConf.load(config).data).items() if k != "root"}
+        ours = {k: v for k, v in as_dict(cfg.data).items() if k != "root"}
+        if cfg.compare.resplit:
+            ours["seed"] = int(r["seed"])
+        differ = sorted(k for k in ours.keys() | theirs_data.keys() if ours.get(k) != theirs_data.get(k))
+        if differ:
+            shown = ", ".join(f"data.{k}={theirs_data.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+            raise ConfigValueError(
+                f"compare.baseline={given}: its seed-{r['seed']} runs used another data split ({shown}); "
+                "paired differences need the same split (set data.* and compare.resplit as the baseline did)"
+            )
+    return chosen
 
 
 def teacher_summary(teachers: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
@@ -208,6 +278,7 @@ def plot(summary: dict[str, dict[str, Any]], teacher: dict[str, Any] | None, pat
 def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str, Any]:
     """Train every (seed, arm) pair, then report. Returns ``{"runs", "summary", "teacher"}``. A rerun
     of an interrupted comparison continues it (:mod:`core.tasks.children`)."""
+    baseline = load_baseline(cfg)  # checked before anything trains
     runs: list[dict[str, Any]] = []
     teachers: dict[int, dict[str, Any]] = {}  # per seed with compare.resplit, else the one teacher
     arms = [(arm, kd) for arm, kd in ARMS if arm in cfg.compare.arms]
@@ -251,7 +322,7 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
                         "macs": m.get(macs_key),
                         **{k: m[k] for k in TEACHER_METRICS},
                     }
-        summary, teacher = report(cfg, runs, teachers, run_dir, parent)
+        summary, teacher = report(cfg, runs, teachers, run_dir, parent, baseline)
         if cfg.export.enabled and set(PRUNE_FROM) & set(cfg.compare.arms):
             summary_table = deployment_summary(cfg, registry, runs, run_dir, parent)
             print("\n" + summary_table, flush=True)
@@ -260,12 +331,18 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
 
 
 def report(
-    cfg: DictConfig, runs: list[dict[str, Any]], teachers: dict[int, dict[str, Any]], run_dir: Path, parent: Tracker
+    cfg: DictConfig,
+    runs: list[dict[str, Any]],
+    teachers: dict[int, dict[str, Any]],
+    run_dir: Path,
+    parent: Tracker,
+    baseline: list[dict[str, Any]] = (),  # type: ignore[assignment]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """Print, write (``compare.md``, ``compare.json``, ``compare.png``) and log to the parent run the
-    per-arm summary, the teacher's scores and the paired differences; returns (summary, teacher)."""
+    per-arm summary, the teacher's scores and the paired differences (with ``baseline``'s runs too:
+    :func:`paired`); returns (summary, teacher)."""
     summary, teacher = summarize(runs), teacher_summary(teachers)
-    pairs = {metric: rows for metric in ("best_val_acc", "test_acc") if (rows := paired(runs, metric))}
+    pairs = {metric: rows for metric in ("best_val_acc", "test_acc") if (rows := paired(runs, metric, baseline))}
     table = format_table(summary, teacher)
     print("\n" + table + ("\n\n" + format_pairs(pairs) if pairs else ""), flush=True)
     split = "each seed on its own data split (data.seed = seed)" if cfg.compare.resplit else "one data split"
@@ -279,16 +356,23 @@ def report(
             f"\n{format_pairs(pairs)}\n\nPaired: the same seed's runs (same data, initialisation and batch "
             "order); 95 % interval: Student t over the seeds.\n"
         )
+    if baseline:
+        source = cfg.compare.baseline
+        text += f"\n`baseline <arm>`: that arm's runs in the comparison {source} (same seeds and splits).\n"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "compare.md").write_text(text)
     everything = {"runs": runs, "summary": summary, "teacher": teacher, "paired": pairs}
+    if baseline:
+        everything["baseline"] = {"source": str(cfg.compare.baseline), "runs": baseline}
     (run_dir / "compare.json").write_text(json.dumps(everything, indent=2))
     plot(summary, teacher, run_dir / "compare.png")
     for name in ("compare.md", "compare.json", "compare.png"):
         parent.log_artifact(run_dir / name, "compare")
     metrics = {f"{arm}_{k}": v for arm, row in summary.items() for k, v in row.items() if k.endswith(("_mean", "_std"))}
     for metric, rows in pairs.items():
-        metrics.update({f"paired_{metric}_{p['arm']}_minus_{p['baseline']}": p["mean"] for p in rows.values()})
+        metrics.update(
+            {f"paired_{metric}_{p['arm']}_minus_{p['baseline'].replace(' ', '_')}": p["mean"] for p in rows.values()}
+        )
     parent.log_metrics(metrics, step=0)
     return summary, teacher
 

@@ -8,11 +8,11 @@ import statistics
 import pytest
 from mlflow.tracking import MlflowClient
 
-from core.config import ConfigValueError
+from core.config import ConfigValueError, merged
 from core.data import prepare_data
 from core.registry import load_registry
 from core.run import run
-from core.tasks.compare import format_pairs, format_table, paired, summarize, teacher_summary
+from core.tasks.compare import format_pairs, format_table, load_baseline, paired, summarize, teacher_summary
 from tests.conftest import sqlite_store
 
 CNN_TEACHER = (
@@ -61,6 +61,19 @@ def test_compare_trains_both_arms_per_seed_and_reports_mean_and_std(tiny, tmp_pa
     assert list(saved["paired"]["test_acc"]["kd - student"]["per_seed"].values()) == pytest.approx(kd_minus)
     assert parent.data.metrics["paired_test_acc_kd_minus_student"] == pytest.approx(statistics.fmean(kd_minus))
     assert "| kd - student | test_acc |" in md and "each seed on its own data split" in md
+
+    # compare.baseline: this comparison as another's baseline, read back through the runs' config.yaml
+    again = merged(cfg, {"compare": {"baseline": str(tmp_path / "outputs" / "cmp")}})
+    base = load_baseline(again)
+    assert [(r["arm"], r["seed"]) for r in base] == [(r["arm"], r["seed"]) for r in runs]
+    against = paired(runs, "test_acc", base)
+    assert against["kd - baseline kd"]["per_seed"] == {"0": 0.0, "1": 0.0}
+    assert against["student - baseline student"]["n"] == 2 and "kd - baseline student" not in against
+    # the same seeds on one split (no resplit) are not the baseline's splits: refused, named
+    with pytest.raises(ConfigValueError, match=r"seed-1 runs used another data split \(data.seed=1 there, 0 here\)"):
+        load_baseline(merged(again, {"compare": {"resplit": False}}))
+    with pytest.raises(ConfigValueError, match=r"has no runs of seed\(s\) \[5\] \(it has \[0, 1\]\)"):
+        load_baseline(merged(again, {"compare": {"seeds": [0, 5]}}))
 
 
 def test_summary_table_numbers():
@@ -118,6 +131,29 @@ def test_paired_differences_per_seed_with_a_t_interval():
     }
     assert "| teacher cnn | 2 | 0.650 ± 0.071 |" in format_table({}, both)
     assert "| teacher cnn | 1 | 0.600 |" in format_table({}, teacher_summary({0: teachers[0]}))
+
+
+def test_paired_differences_against_a_baseline_comparison():
+    """compare.baseline: each arm minus the baseline's same arm, and minus its usual partner there when
+    this comparison does not train that partner (kd here against the baseline's student)."""
+    base = [{"arm": a, "seed": s, "test_acc": v} for (a, s), v in {("student", 0): 0.50, ("kd", 0): 0.51}.items()]
+    base += [{"arm": "student", "seed": 1, "test_acc": 0.45}, {"arm": "kd", "seed": 1, "test_acc": 0.44}]
+    kd_only = [{"arm": "kd", "seed": 0, "test_acc": 0.55}, {"arm": "kd", "seed": 1, "test_acc": 0.47}]
+    p = paired(kd_only, "test_acc", base)
+    assert list(p) == ["kd - baseline kd", "kd - baseline student"]
+    assert list(p["kd - baseline kd"]["per_seed"].values()) == pytest.approx([0.04, 0.03])
+    assert list(p["kd - baseline student"]["per_seed"].values()) == pytest.approx([0.05, 0.02])
+    assert p["kd - baseline student"]["positive"] == 2 and p["kd - baseline student"]["baseline"] == "baseline student"
+    both = base[:1] + [{"arm": "kd", "seed": 0, "test_acc": 0.56}]  # this comparison trains its own student
+    assert list(paired(both, "test_acc", base)) == ["kd - student", "student - baseline student", "kd - baseline kd"]
+    assert "| kd - baseline student | test_acc | 0: +0.050, 1: +0.020 |" in format_pairs({"test_acc": p})
+
+
+def test_a_missing_baseline_is_refused_before_anything_trains(tiny, tmp_path):
+    cfg = tiny("task=compare", f"compare.baseline={tmp_path / 'nowhere'}", *CNN_TEACHER)
+    with pytest.raises(ConfigValueError, match=r"compare.baseline=.*nowhere: no compare.json there"):
+        run(cfg, tmp_path / "outputs" / "cmp")
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "teachers").exists()
 
 
 def test_profile_reports_student_and_teacher_without_data(compose, tmp_path):
