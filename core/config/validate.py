@@ -142,10 +142,12 @@ def _validate_prune(cfg: DictConfig) -> None:
     for arm in cfg.compare.arms:
         if arm not in ARMS:
             raise ConfigValueError(f"compare.arms: unknown arm {arm!r}; choose from: {', '.join(ARMS)}")
-    if "pruned_kd" in cfg.compare.arms and "kd" not in cfg.compare.arms:
-        raise ConfigValueError("compare.arms: pruned_kd prunes the kd arm's student: add kd to compare.arms")
-    if "pruned" in cfg.compare.arms and "student" not in cfg.compare.arms:
-        raise ConfigValueError("compare.arms: pruned prunes the student arm's student: add student to compare.arms")
+    for pruned, source in (("pruned_kd", "kd"), ("pruned", "student")):
+        if pruned in cfg.compare.arms and source not in cfg.compare.arms and not cfg.compare.baseline:
+            raise ConfigValueError(
+                f"compare.arms: {pruned} prunes the {source} arm's student: add {source} to compare.arms, or "
+                f"set compare.baseline to a comparison that trained it"
+            )
     if cfg.task == "export" and not e.sources:
         raise ConfigValueError(
             "task=export needs export.sources: student checkpoints (.pt), run folders or "

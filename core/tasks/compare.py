@@ -18,9 +18,10 @@ teacher trained on it), so their paired difference is exact.
 ``compare.baseline``: an earlier comparison (its folder or ``compare.json``) whose runs the report
 pairs with this one's, seed by seed: each arm minus the baseline's same arm (what the changed
 settings gave), and minus the baseline arm it is normally compared with when this comparison does
-not train that arm (``kd`` against the baseline's ``student``). That is how one ingredient is
-measured: run only the arms it touches, against the comparison without it. It is checked before
-anything trains: every seed must be in the baseline, on the same data split.
+not train that arm (``kd`` against the baseline's ``student``). A pruned arm whose source arm is
+not trained here prunes the baseline's checkpoint of it. That is how one ingredient is measured:
+run only the arms it touches, against the comparison without it. It is checked before anything
+trains: every seed must be in the baseline, on the same data split.
 """
 
 from __future__ import annotations
@@ -169,10 +170,12 @@ def load_baseline(cfg: DictConfig) -> list[dict[str, Any]]:
             f"compare.baseline={given} has no runs of seed(s) {missing} (it has {theirs}); pair only its "
             f"seeds, e.g. compare.seeds={theirs}"
         )
-    chosen = [r for r in runs if int(r["seed"]) in seeds]
+    chosen = [dict(r) for r in runs if int(r["seed"]) in seeds]
     for r in chosen:
         folder = file.parent / f"{r['arm']}-seed{r['seed']}"
-        config = folder / "config.yaml" if (folder / "config.yaml").is_file() else Path(r["run_dir"]) / "config.yaml"
+        if (folder / "config.yaml").is_file():  # the comparison's folder as it is now (it may have moved)
+            r["run_dir"] = str(folder)
+        config = Path(r["run_dir"]) / "config.yaml"
         if not config.is_file():
             raise ConfigValueError(
                 f"compare.baseline={given}: the {r['arm']} run of seed {r['seed']} has no config.yaml "
@@ -188,6 +191,15 @@ def load_baseline(cfg: DictConfig) -> list[dict[str, Any]]:
             raise ConfigValueError(
                 f"compare.baseline={given}: its seed-{r['seed']} runs used another data split ({shown}); "
                 "paired differences need the same split (set data.* and compare.resplit as the baseline did)"
+            )
+    have = {(r["arm"], int(r["seed"])) for r in chosen if (Path(r["run_dir"]) / "checkpoints" / "best.pt").is_file()}
+    for arm, source in PRUNE_FROM.items():
+        lacking = [s for s in seeds if arm in cfg.compare.arms and source not in cfg.compare.arms]
+        lacking = [s for s in lacking if (source, s) not in have]
+        if lacking:
+            raise ConfigValueError(
+                f"compare.baseline={given}: {arm} prunes the baseline's {source} checkpoints, and it has none "
+                f"(checkpoints/best.pt) for seed(s) {lacking}"
             )
     return chosen
 
@@ -279,6 +291,7 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
     """Train every (seed, arm) pair, then report. Returns ``{"runs", "summary", "teacher"}``. A rerun
     of an interrupted comparison continues it (:mod:`core.tasks.children`)."""
     baseline = load_baseline(cfg)  # checked before anything trains
+    base_dirs = {(r["arm"], int(r["seed"])): Path(r["run_dir"]).parent for r in baseline}
     runs: list[dict[str, Any]] = []
     teachers: dict[int, dict[str, Any]] = {}  # per seed with compare.resplit, else the one teacher
     arms = [(arm, kd) for arm, kd in ARMS if arm in cfg.compare.arms]
@@ -297,7 +310,9 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
                     **({"data": {"seed": int(seed)}} if cfg.compare.resplit else {}),
                 }
                 if arm in PRUNE_FROM:
-                    source = run_dir / f"{PRUNE_FROM[arm]}-seed{seed}" / "checkpoints" / "best.pt"
+                    src = PRUNE_FROM[arm]  # trained here, or the baseline's run
+                    trained = run_dir if src in cfg.compare.arms else base_dirs[(src, int(seed))]
+                    source = trained / f"{src}-seed{seed}" / "checkpoints" / "best.pt"
                     child.update(task="prune", prune={"source": str(source)})
                 print(f"\n=== {arm}, seed {seed} ===", flush=True)
                 result = child_run(merged(cfg, child), registry, run_dir / f"{arm}-seed{seed}", parent.run_id)

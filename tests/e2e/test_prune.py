@@ -329,3 +329,35 @@ def test_pruned_ce_arm_and_export_switched_off(tiny, tmp_path):
     assert params["model.kd.enabled"] == "False"  # fine-tuned with CE
     assert not (tmp_path / "outputs" / "cmp" / "summary.md").exists()  # no export with export.enabled=false
     assert (tmp_path / "outputs" / "cmp" / "compare.md").read_text().count("pruned, CE fine-tune") == 1
+
+    # compare.baseline: another pruning recipe on the baseline's own student checkpoints, paired with it
+    again = tiny(
+        "task=compare",
+        "compare.seeds=[0]",
+        "compare.arms=[pruned]",
+        "train.epochs=1",
+        "prune.epochs=1",
+        "prune.ratio=0.3",
+        "export.enabled=false",
+        f"compare.baseline={tmp_path / 'outputs' / 'cmp'}",
+    )
+    (other,) = run(again, tmp_path / "outputs" / "cmp2")["runs"]
+    assert other["before_prune_test_acc"] == pytest.approx(student_run["test_acc"])  # the baseline's student
+    assert other["macs"] > pruned["macs"]  # ratio 0.3 keeps more than 0.5
+    saved = json.loads((tmp_path / "outputs" / "cmp2" / "compare.json").read_text())
+    assert set(saved["paired"]["test_acc"]) == {"pruned - baseline pruned", "pruned - baseline student"}
+    assert saved["paired"]["test_acc"]["pruned - baseline student"]["per_seed"]["0"] == pytest.approx(
+        other["test_acc"] - student_run["test_acc"]
+    )
+    # a baseline without the arm to prune is refused before anything trains
+    with pytest.raises(ConfigValueError, match=r"pruned_kd prunes the baseline's kd checkpoints, and it has none"):
+        run(
+            tiny(
+                "task=compare",
+                "compare.seeds=[0]",
+                "compare.arms=[pruned_kd]",
+                *CNN_TEACHER,
+                f"compare.baseline={tmp_path / 'outputs' / 'cmp'}",
+            ),
+            tmp_path / "o",
+        )
