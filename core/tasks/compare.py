@@ -171,6 +171,7 @@ def load_baseline(cfg: DictConfig) -> list[dict[str, Any]]:
             f"seeds, e.g. compare.seeds={theirs}"
         )
     chosen = [dict(r) for r in runs if int(r["seed"]) in seeds]
+    ours = {k: v for k, v in as_dict(cfg.data).items() if k != "root"}
     for r in chosen:
         folder = file.parent / f"{r['arm']}-seed{r['seed']}"
         if (folder / "config.yaml").is_file():  # the comparison's folder as it is now (it may have moved)
@@ -182,20 +183,19 @@ def load_baseline(cfg: DictConfig) -> list[dict[str, Any]]:
                 f"(looked in {folder} and {r['run_dir']}), so its data split cannot be checked"
             )
         theirs_data = {k: v for k, v in as_dict(OmegaConf.load(config).data).items() if k != "root"}
-        ours = {k: v for k, v in as_dict(cfg.data).items() if k != "root"}
-        if cfg.compare.resplit:
-            ours["seed"] = int(r["seed"])
-        differ = sorted(k for k in ours.keys() | theirs_data.keys() if ours.get(k) != theirs_data.get(k))
+        here = {**ours, "seed": int(r["seed"])} if cfg.compare.resplit else ours
+        differ = sorted(k for k in here.keys() | theirs_data.keys() if here.get(k) != theirs_data.get(k))
         if differ:
-            shown = ", ".join(f"data.{k}={theirs_data.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+            shown = ", ".join(f"data.{k}={theirs_data.get(k)!r} there, {here.get(k)!r} here" for k in differ)
             raise ConfigValueError(
                 f"compare.baseline={given}: its seed-{r['seed']} runs used another data split ({shown}); "
                 "paired differences need the same split (set data.* and compare.resplit as the baseline did)"
             )
     have = {(r["arm"], int(r["seed"])) for r in chosen if (Path(r["run_dir"]) / "checkpoints" / "best.pt").is_file()}
     for arm, source in PRUNE_FROM.items():
-        lacking = [s for s in seeds if arm in cfg.compare.arms and source not in cfg.compare.arms]
-        lacking = [s for s in lacking if (source, s) not in have]
+        if arm not in cfg.compare.arms or source in cfg.compare.arms:
+            continue  # no pruned arm, or its source is trained here
+        lacking = [s for s in seeds if (source, s) not in have]
         if lacking:
             raise ConfigValueError(
                 f"compare.baseline={given}: {arm} prunes the baseline's {source} checkpoints, and it has none "
@@ -291,7 +291,7 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
     """Train every (seed, arm) pair, then report. Returns ``{"runs", "summary", "teacher"}``. A rerun
     of an interrupted comparison continues it (:mod:`core.tasks.children`)."""
     baseline = load_baseline(cfg)  # checked before anything trains
-    base_dirs = {(r["arm"], int(r["seed"])): Path(r["run_dir"]).parent for r in baseline}
+    base_runs = {(r["arm"], int(r["seed"])): Path(r["run_dir"]) for r in baseline}
     runs: list[dict[str, Any]] = []
     teachers: dict[int, dict[str, Any]] = {}  # per seed with compare.resplit, else the one teacher
     arms = [(arm, kd) for arm, kd in ARMS if arm in cfg.compare.arms]
@@ -311,8 +311,8 @@ def run_compare(cfg: DictConfig, registry: Registry, run_dir: Path) -> dict[str,
                 }
                 if arm in PRUNE_FROM:
                     src = PRUNE_FROM[arm]  # trained here, or the baseline's run
-                    trained = run_dir if src in cfg.compare.arms else base_dirs[(src, int(seed))]
-                    source = trained / f"{src}-seed{seed}" / "checkpoints" / "best.pt"
+                    trained = run_dir / f"{src}-seed{seed}" if src in cfg.compare.arms else base_runs[(src, int(seed))]
+                    source = trained / "checkpoints" / "best.pt"
                     child.update(task="prune", prune={"source": str(source)})
                 print(f"\n=== {arm}, seed {seed} ===", flush=True)
                 result = child_run(merged(cfg, child), registry, run_dir / f"{arm}-seed{seed}", parent.run_id)
@@ -351,15 +351,15 @@ def report(
     teachers: dict[int, dict[str, Any]],
     run_dir: Path,
     parent: Tracker,
-    baseline: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    baseline: Sequence[dict[str, Any]] = (),
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """Print, write (``compare.md``, ``compare.json``, ``compare.png``) and log to the parent run the
     per-arm summary, the teacher's scores and the paired differences (with ``baseline``'s runs too:
     :func:`paired`); returns (summary, teacher)."""
     summary, teacher = summarize(runs), teacher_summary(teachers)
     pairs = {metric: rows for metric in ("best_val_acc", "test_acc") if (rows := paired(runs, metric, baseline))}
-    table = format_table(summary, teacher)
-    print("\n" + table + ("\n\n" + format_pairs(pairs) if pairs else ""), flush=True)
+    table, pair_table = format_table(summary, teacher), format_pairs(pairs)
+    print("\n" + table + ("\n\n" + pair_table if pairs else ""), flush=True)
     split = "each seed on its own data split (data.seed = seed)" if cfg.compare.resplit else "one data split"
     text = (
         f"{table}\n\nmean ± std over seeds {', '.join(map(str, cfg.compare.seeds))}, {split}; val = best "
@@ -368,7 +368,7 @@ def report(
     )
     if pairs:
         text += (
-            f"\n{format_pairs(pairs)}\n\nPaired: the same seed's runs (same data, initialisation and batch "
+            f"\n{pair_table}\n\nPaired: the same seed's runs (same data, initialisation and batch "
             "order); 95 % interval: Student t over the seeds.\n"
         )
     if baseline:
