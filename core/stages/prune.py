@@ -8,7 +8,8 @@ BatchNorm statistics, scores the result (*after pruning*) and gives the Trainer 
 for the smaller network, which is then fine-tuned (with KD from the cached teacher logits when
 ``model.kd.enabled``). The usual final scores are the *after fine-tuning* point. Round ``i`` of
 ``S`` brings the network to ``ratio * i / S`` of its original channels removed, so the last round
-reaches ``prune.ratio``.
+reaches ``prune.ratio``, up to rounding: each round rounds the current counts to multiples of
+``prune.round_to`` (MobileNetV3-Small 0.75 at ratio 0.5: 3.5 M MACs in one round, 3.8 M in two).
 """
 
 from __future__ import annotations

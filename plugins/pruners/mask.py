@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from core.api import Component, hookimpl
-from plugins.pruners.common import PrunerError, check_ratio
+from plugins.pruners.common import PrunerError, check_ratio, nearest_multiple
 
 _NORMS = {"l1": 1, "l2": 2}
 
@@ -22,7 +22,7 @@ _NORMS = {"l1": 1, "l2": 2}
 class MaskPruner:
     """Zeroes the ``ratio`` lowest-norm output channels of each conv (``scope`` must be uniform:
     ``ln_structured`` works one tensor at a time). With ``round_to`` the kept count is a multiple
-    of it, as in the structural pruner, so both keep the same number of live channels."""
+    of it (the nearest), as in the structural pruner, so both keep the same number of live channels."""
 
     removes_channels = False
     needs_gradients = False
@@ -56,7 +56,7 @@ class MaskPruner:
             channels = module.out_channels
             keep = channels * (1.0 - ratio)
             if self.round_to:
-                keep = max(self.round_to, round(keep / self.round_to) * self.round_to)
+                keep = nearest_multiple(keep, self.round_to)
             amount = channels - min(channels, max(1, int(round(keep))))
             if amount > 0:
                 torch_prune.ln_structured(module, "weight", amount=amount, n=self.n, dim=0)

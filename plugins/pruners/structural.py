@@ -10,16 +10,40 @@ MobileNetV3-Small 0.75 at ratio 0.5, round_to 8: 41.6 M -> 12.2 M MACs).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from core.api import Component, Option, hookimpl
-from plugins.pruners.common import PrunerError, check_ratio
+from plugins.pruners.common import PrunerError, check_ratio, nearest_multiple
 
 IMPORTANCES = ("l1", "l2", "taylor")
 SCOPES = ("uniform", "global")
+
+
+class _NearestMultiplePruner(tp.pruner.BasePruner):
+    """Torch-Pruning's pruner with ``round_to`` keeping the *nearest* multiple of channels.
+
+    Torch-Pruning 1.6 documents "round to the nearest multiple" but floors the kept count, so
+    every layer loses at least ``round_to`` channels whatever the ratio: on the demo's
+    MobileNetV3-Small 0.75 (11.9 M MACs by thop) ratio 0.05 kept 168 of 184 channels and cut the
+    MACs to 8.7 M, and each round of an iterative schedule floored again. Here a layer of ``C``
+    channels keeps :func:`nearest_multiple` of ``C * (1 - ratio)`` (uniform scope; global scope
+    rounds the count its ranking keeps), as the mask pruner does. Ties prune (ratio 0.5 of 24
+    channels keeps 8), so at ratio 0.5 MobileNet's counts, all multiples of 8, match Torch-Pruning's.
+    """
+
+    def __init__(self, *args: Any, uniform_ratio: float | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.uniform_ratio = uniform_ratio
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        wanted: float = current_channels - n_pruned
+        if self.uniform_ratio is not None:  # the exact count, not Torch-Pruning's int() of it
+            wanted = current_channels * (1.0 - self.uniform_ratio)
+        return max(current_channels - nearest_multiple(wanted, round_to), 0)
 
 
 def build_importance(name: str) -> tp.importance.Importance:
@@ -40,7 +64,8 @@ class StructuralPruner:
         importance: ``l1``, ``l2`` or ``taylor`` (needs ``calibrate`` to fill gradients).
         scope: ``uniform`` (every layer loses ``ratio`` of its channels) or ``global`` (channels
             ranked across layers, so unimportant layers lose more; no layer loses more than 90%).
-        round_to: kept channel counts are multiples of this (``None``: exact counts).
+        round_to: kept channel counts are the nearest multiples of this, at least one multiple
+            (``None``: exact counts, ``int(channels * (1 - ratio))``).
         max_ratio: no layer loses more than this fraction of its channels (matters with ``global``).
     """
 
@@ -71,7 +96,7 @@ class StructuralPruner:
     ) -> None:
         check_ratio(ratio)
         was_training = net.training
-        pruner = tp.pruner.BasePruner(
+        pruner = _NearestMultiplePruner(
             net,
             example_input,
             importance=self._importance,
@@ -80,6 +105,7 @@ class StructuralPruner:
             max_pruning_ratio=self.max_ratio,
             round_to=self.round_to,
             ignored_layers=list(ignored),
+            uniform_ratio=None if self.scope == "global" else ratio,
         )
         if self.needs_gradients:
             if calibrate is None:

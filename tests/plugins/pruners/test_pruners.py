@@ -11,6 +11,7 @@ from core.engine import checkpoint as ckpt
 from core.engine.structure import describe, rebuild
 from core.registry import load_registry
 from core.stages.prune import output_layers
+from plugins.pruners.common import nearest_multiple
 from plugins.pruners.structural import PrunerError
 from plugins.students.mobilenet import build_mobilenet
 
@@ -61,6 +62,22 @@ def test_mask_pruning_zeroes_channels_but_leaves_params_and_macs_unchanged():
     assert costs(net) == before
     assert zero_channels(net) > 100  # the channels are there, only zero
     assert not any(hasattr(m, "weight_mask") for m in net.modules())  # prune.remove made it permanent
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 0.5])
+def test_round_to_keeps_the_nearest_multiple_and_both_pruners_keep_the_same_channels(ratio):
+    # Torch-Pruning floors the kept count (184 channels at ratio 0.05 kept 168, not 176): every
+    # layer lost at least 8 channels whatever the ratio. Kept counts are now the nearest multiple.
+    reg = load_registry()
+    original, removed, masked = student(width=0.75), student(width=0.75), student(width=0.75)
+    reg.build("pruner", "structural", round_to=8).prune(removed, EXAMPLE, ratio, output_layers(removed, K))
+    reg.build("pruner", "mask", round_to=8).prune(masked, EXAMPLE, ratio, output_layers(masked, K))
+    for before, after in zip(channel_counts(original), channel_counts(removed)):
+        assert after == nearest_multiple(before * (1 - ratio), 8) or before < 8, (before, after)
+    live = [int((m.weight.flatten(1).abs().sum(1) > 0).sum()) for m in masked.modules() if isinstance(m, nn.Conv2d)]
+    assert live == channel_counts(removed)
+    layer = channel_counts(original).index(184)  # features.4-6 expansion: 184 x 0.95 = 174.8 keeps 176, not 168
+    assert channel_counts(removed)[layer] == {0.05: 176, 0.3: 128, 0.5: 88}[ratio]  # 0.5: the tie 92 prunes
 
 
 def test_bad_pruner_settings_are_refused_with_the_valid_choices():
